@@ -1,0 +1,137 @@
+//! An open regular file: positional reads and writes on one descriptor, which several
+//! requests may use at once.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use sftpgate_proto::{FileAttributes, StatvfsReply};
+use sftpgate_vfs::{File, FsError};
+
+use crate::attrs::{self, Target};
+use crate::blocking::blocking;
+use crate::error::{from_errno, retry_eintr};
+
+/// A file opened by [`crate::LocalFs`]. Every call clones the descriptor's `Arc` for its
+/// blocking task, so a cancelled request cannot close the descriptor under another.
+pub(crate) struct LocalFile {
+    fd: Mutex<Option<Arc<OwnedFd>>>,
+}
+
+impl LocalFile {
+    pub(crate) fn new(fd: OwnedFd) -> LocalFile {
+        LocalFile {
+            fd: Mutex::new(Some(Arc::new(fd))),
+        }
+    }
+
+    fn fd(&self) -> Result<Arc<OwnedFd>, FsError> {
+        self.fd
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or_else(closed)
+    }
+}
+
+#[async_trait::async_trait]
+impl File for LocalFile {
+    /// One `pread(2)` (retried on EINTR) into `buf`'s spare capacity: reserve `len` bytes
+    /// in `buf` beforehand and no byte is copied. The bytes already in `buf` stay there
+    /// whatever happens, even if this future is dropped midway.
+    async fn read(&self, offset: u64, len: u32, buf: &mut BytesMut) -> Result<usize, FsError> {
+        let fd = self.fd()?;
+        let len = len as usize;
+        // The spare capacity moves to the blocking task and back; `unsplit` rejoins it
+        // without copying when it did not have to grow.
+        let mut chunk = buf.split_off(buf.len());
+        let chunk = blocking(move || {
+            // Zero-filled first: filling uninitialised memory would need `unsafe`.
+            chunk.resize(len, 0);
+            let n = retry_eintr(|| rustix::io::pread(&*fd, &mut chunk[..], offset))
+                .map_err(from_errno)?;
+            if n == 0 {
+                return Err(FsError::Eof);
+            }
+            chunk.truncate(n);
+            Ok(chunk)
+        })
+        .await?;
+        let n = chunk.len();
+        buf.unsplit(chunk);
+        Ok(n)
+    }
+
+    /// `pwrite(2)` until every byte is written. On a file opened with APPEND, Linux's
+    /// pwrite appends whatever the offset, as the trait asks.
+    async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
+        let fd = self.fd()?;
+        blocking(move || {
+            let mut written = 0;
+            while written < data.len() {
+                let at = offset
+                    .checked_add(written as u64)
+                    .ok_or_else(|| FsError::InvalidInput("write offset overflows".into()))?;
+                let n = retry_eintr(|| rustix::io::pwrite(&*fd, &data[written..], at))
+                    .map_err(from_errno)?;
+                if n == 0 {
+                    return Err(FsError::Other("the file accepted no more data".into()));
+                }
+                written += n;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn stat(&self) -> Result<FileAttributes, FsError> {
+        let fd = self.fd()?;
+        blocking(move || {
+            let st = rustix::fs::fstat(&*fd).map_err(from_errno)?;
+            Ok(attrs::from_stat(&st))
+        })
+        .await
+    }
+
+    async fn setstat(&self, attrs: &FileAttributes) -> Result<(), FsError> {
+        let fd = self.fd()?;
+        let attrs = attrs.clone();
+        blocking(move || attrs::apply(Target::Open(fd.as_fd()), &attrs)).await
+    }
+
+    async fn sync(&self) -> Result<(), FsError> {
+        let fd = self.fd()?;
+        blocking(move || retry_eintr(|| rustix::fs::fsync(&*fd)).map_err(from_errno)).await
+    }
+
+    async fn statvfs(&self) -> Result<StatvfsReply, FsError> {
+        let fd = self.fd()?;
+        blocking(move || {
+            let v = rustix::fs::fstatvfs(&*fd).map_err(from_errno)?;
+            Ok(attrs::statvfs_reply(&v))
+        })
+        .await
+    }
+
+    /// Drops the descriptor on the blocking pool (closing may flush, on NFS say). Linux
+    /// reports nothing useful from close(2) that rustix would let us see without `unsafe`,
+    /// so this does not fail once the handle was open; clients wanting durability send
+    /// `fsync@openssh.com`, as with OpenSSH.
+    async fn close(&self) -> Result<(), FsError> {
+        let fd = self
+            .fd
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+            .ok_or_else(closed)?;
+        blocking(move || {
+            drop(fd);
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn closed() -> FsError {
+    FsError::Other("the handle is closed".into())
+}

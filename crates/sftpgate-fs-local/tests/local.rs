@@ -1,0 +1,576 @@
+//! Behaviour of the local backend beyond the shared conformance suite: special files,
+//! every SETSTAT attribute by path, handle and without following links, listings,
+//! the root's own edge cases, statvfs, buffers, and errors without host paths.
+
+use std::future::Future;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rustix::fs::{FileType as OsFileType, Mode, CWD};
+use sftpgate_fs_local::LocalFs;
+use sftpgate_proto::{FileAttributes, FileType, OpenFlags, Owner, StatusCode, Times};
+use sftpgate_vfs::{Filesystem, FsError, RenameMode, VPath};
+
+fn fresh() -> (tempfile::TempDir, LocalFs) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = LocalFs::new(dir.path()).expect("LocalFs::new");
+    (dir, fs)
+}
+
+fn p(path: &str) -> VPath {
+    VPath::parse(path.as_bytes()).expect("test path")
+}
+
+fn status(err: &FsError) -> StatusCode {
+    StatusCode::from(err)
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+async fn list(fs: &LocalFs, path: &VPath) -> Vec<Vec<sftpgate_vfs::DirEntry>> {
+    let mut dir = fs.opendir(path).await.expect("opendir");
+    let mut batches = Vec::new();
+    loop {
+        let batch = dir.next_batch().await.expect("next_batch");
+        if batch.is_empty() {
+            return batches;
+        }
+        batches.push(batch);
+    }
+}
+
+fn host_mtime(path: &Path) -> i64 {
+    std::fs::symlink_metadata(path).expect("lstat").mtime()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn special_files_do_not_block_open() {
+    let (dir, fs) = fresh();
+    let fifo = dir.path().join("fifo");
+    rustix::fs::mknodat(CWD, &fifo, OsFileType::Fifo, Mode::from_raw_mode(0o666), 0)
+        .expect("mkfifo");
+    let socket = dir.path().join("socket");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+
+    for path in ["/fifo", "/socket"] {
+        for flags in [
+            OpenFlags::READ,
+            OpenFlags::WRITE,
+            OpenFlags::READ | OpenFlags::WRITE,
+            OpenFlags::WRITE | OpenFlags::CREAT | OpenFlags::TRUNC,
+        ] {
+            let result = tokio::time::timeout(
+                Duration::from_secs(10),
+                fs.open(&p(path), flags, &FileAttributes::new()),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("open {path} {flags:?} blocked"));
+            let err = result.err().expect("special file opened");
+            assert_eq!(status(&err), StatusCode::Failure, "{path}: {err:?}");
+            assert_eq!(err.to_string(), "Not a regular file", "{path} {flags:?}");
+        }
+        let size = FileAttributes {
+            size: Some(0),
+            ..FileAttributes::new()
+        };
+        let err = tokio::time::timeout(Duration::from_secs(10), fs.setstat(&p(path), &size))
+            .await
+            .expect("setstat size blocked")
+            .expect_err("size of a special file");
+        assert_eq!(err.to_string(), "Not a regular file");
+        let err = fs.opendir(&p(path)).await.err().expect("opendir fifo");
+        assert_eq!(status(&err), StatusCode::Failure);
+        // STAT and the listing report the type.
+        let attrs = fs.stat(&p(path)).await.expect("stat");
+        let expected = if path == "/fifo" {
+            FileType::Fifo
+        } else {
+            FileType::Socket
+        };
+        assert_eq!(attrs.file_type(), Some(expected));
+    }
+    let names: Vec<_> = list(&fs, &VPath::root())
+        .await
+        .into_iter()
+        .flatten()
+        .filter(|e| e.name == "fifo")
+        .map(|e| e.attrs.file_type())
+        .collect();
+    assert_eq!(names, [Some(FileType::Fifo)]);
+}
+
+#[test]
+fn new_refuses_missing_and_non_directories() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = LocalFs::new(dir.path().join("missing")).expect_err("missing root");
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    assert!(err.to_string().contains("root directory"), "{err}");
+    std::fs::write(dir.path().join("file"), b"").expect("file");
+    let err = LocalFs::new(dir.path().join("file")).expect_err("file as root");
+    assert_eq!(err.kind(), std::io::ErrorKind::NotADirectory, "{err}");
+}
+
+#[test]
+fn outside_a_runtime_is_an_error_not_a_panic() {
+    let (_dir, fs) = fresh();
+    let root = VPath::root();
+    let mut future = std::pin::pin!(fs.stat(&root));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Err(FsError::Other(msg))) => {
+            assert!(msg.contains("Tokio"), "{msg}")
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setstat_each_attribute_by_path() {
+    let (dir, fs) = fresh();
+    std::fs::write(dir.path().join("f"), b"0123456789").expect("file");
+    let f = p("/f");
+    let set = |attrs: FileAttributes| {
+        let fs = fs.clone();
+        let f = f.clone();
+        async move { fs.setstat(&f, &attrs).await }
+    };
+
+    set(FileAttributes {
+        size: Some(3),
+        ..FileAttributes::new()
+    })
+    .await
+    .expect("size");
+    assert_eq!(std::fs::read(dir.path().join("f")).expect("read"), b"012");
+
+    set(FileAttributes {
+        permissions: Some(0o4750),
+        ..FileAttributes::new()
+    })
+    .await
+    .expect("permissions");
+    let meta = std::fs::metadata(dir.path().join("f")).expect("stat");
+    assert_eq!(meta.mode() & 0o7777, 0o4750);
+
+    let times = Times {
+        atime: 1_111_111_111,
+        mtime: 1_222_222_222,
+    };
+    set(FileAttributes {
+        times: Some(times),
+        ..FileAttributes::new()
+    })
+    .await
+    .expect("times");
+    let meta = std::fs::metadata(dir.path().join("f")).expect("stat");
+    assert_eq!((meta.atime(), meta.mtime()), (1_111_111_111, 1_222_222_222));
+
+    if is_root() {
+        let owner = Owner {
+            uid: 4321,
+            gid: 4322,
+        };
+        set(FileAttributes {
+            owner: Some(owner),
+            ..FileAttributes::new()
+        })
+        .await
+        .expect("owner");
+        let meta = std::fs::metadata(dir.path().join("f")).expect("stat");
+        assert_eq!((meta.uid(), meta.gid()), (4321, 4322));
+        assert_eq!(fs.stat(&f).await.expect("stat").owner, Some(owner));
+        // u32::MAX leaves an id as it is, as chown(2) does.
+        set(FileAttributes {
+            owner: Some(Owner {
+                uid: 4400,
+                gid: u32::MAX,
+            }),
+            ..FileAttributes::new()
+        })
+        .await
+        .expect("uid only");
+        let meta = std::fs::metadata(dir.path().join("f")).expect("stat");
+        assert_eq!((meta.uid(), meta.gid()), (4400, 4322));
+    } else {
+        eprintln!("skipping: chown to another user needs root");
+    }
+
+    // Through a symlink, the target changes and the link does not.
+    fs.symlink(b"f", &p("/link")).await.expect("symlink");
+    let link_mtime = host_mtime(&dir.path().join("link"));
+    fs.setstat(
+        &p("/link"),
+        &FileAttributes {
+            permissions: Some(0o600),
+            times: Some(Times { atime: 5, mtime: 6 }),
+            ..FileAttributes::new()
+        },
+    )
+    .await
+    .expect("setstat via link");
+    let meta = std::fs::metadata(dir.path().join("f")).expect("stat");
+    assert_eq!((meta.mode() & 0o7777, meta.mtime()), (0o600, 6));
+    assert_eq!(host_mtime(&dir.path().join("link")), link_mtime);
+
+    // A size on a directory.
+    fs.mkdir(&p("/d"), &FileAttributes::new())
+        .await
+        .expect("mkdir");
+    let err = fs
+        .setstat(
+            &p("/d"),
+            &FileAttributes {
+                size: Some(0),
+                ..FileAttributes::new()
+            },
+        )
+        .await
+        .expect_err("size of a directory");
+    assert!(matches!(err, FsError::IsADirectory), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lsetstat_does_not_follow() {
+    let (dir, fs) = fresh();
+    std::fs::write(dir.path().join("target"), b"t").expect("file");
+    fs.symlink(b"target", &p("/link")).await.expect("symlink");
+    let target_before = std::fs::metadata(dir.path().join("target")).expect("stat");
+
+    let times = Times {
+        atime: 1_000_000_000,
+        mtime: 1_000_000_001,
+    };
+    fs.lsetstat(
+        &p("/link"),
+        &FileAttributes {
+            times: Some(times),
+            ..FileAttributes::new()
+        },
+    )
+    .await
+    .expect("lsetstat times");
+    assert_eq!(host_mtime(&dir.path().join("link")), 1_000_000_001);
+    assert_eq!(
+        fs.lstat(&p("/link")).await.expect("lstat").times,
+        Some(times)
+    );
+    assert_eq!(
+        host_mtime(&dir.path().join("target")),
+        target_before.mtime(),
+        "target untouched"
+    );
+
+    let err = fs
+        .lsetstat(
+            &p("/link"),
+            &FileAttributes {
+                permissions: Some(0o600),
+                ..FileAttributes::new()
+            },
+        )
+        .await
+        .expect_err("chmod of a symlink");
+    assert_eq!(status(&err), StatusCode::OpUnsupported, "{err:?}");
+    assert!(err.to_string().contains("symlink"), "{err}");
+    let meta = std::fs::metadata(dir.path().join("target")).expect("stat");
+    assert_eq!(meta.mode(), target_before.mode(), "target mode untouched");
+
+    if is_root() {
+        fs.lsetstat(
+            &p("/link"),
+            &FileAttributes {
+                owner: Some(Owner { uid: 777, gid: 778 }),
+                ..FileAttributes::new()
+            },
+        )
+        .await
+        .expect("lchown");
+        let link = std::fs::symlink_metadata(dir.path().join("link")).expect("lstat");
+        assert_eq!((link.uid(), link.gid()), (777, 778));
+        let target = std::fs::metadata(dir.path().join("target")).expect("stat");
+        assert_eq!(
+            (target.uid(), target.gid()),
+            (target_before.uid(), target_before.gid())
+        );
+    } else {
+        eprintln!("skipping: lchown to another user needs root");
+    }
+
+    // On a regular file lsetstat changes permissions like setstat.
+    fs.lsetstat(
+        &p("/target"),
+        &FileAttributes {
+            permissions: Some(0o640),
+            ..FileAttributes::new()
+        },
+    )
+    .await
+    .expect("lsetstat of a file");
+    let meta = std::fs::metadata(dir.path().join("target")).expect("stat");
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+
+    let err = fs
+        .lsetstat(
+            &p("/target"),
+            &FileAttributes {
+                size: Some(0),
+                ..FileAttributes::new()
+            },
+        )
+        .await
+        .expect_err("lsetstat size");
+    assert_eq!(status(&err), StatusCode::BadMessage);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handle_attributes_and_modes() {
+    let (dir, fs) = fresh();
+    std::fs::write(dir.path().join("ro"), b"read only").expect("file");
+    let file = fs
+        .open(&p("/ro"), OpenFlags::READ, &FileAttributes::new())
+        .await
+        .expect("open");
+    let err = file
+        .write(0, Bytes::from_static(b"x"))
+        .await
+        .expect_err("write on a read-only handle");
+    assert_eq!(status(&err), StatusCode::Failure);
+    let err = file
+        .setstat(&FileAttributes {
+            size: Some(0),
+            ..FileAttributes::new()
+        })
+        .await
+        .expect_err("truncate through a read-only handle");
+    assert_eq!(status(&err), StatusCode::Failure);
+    file.setstat(&FileAttributes {
+        permissions: Some(0o604),
+        times: Some(Times { atime: 7, mtime: 8 }),
+        ..FileAttributes::new()
+    })
+    .await
+    .expect("fsetstat on a read-only handle");
+    let meta = std::fs::metadata(dir.path().join("ro")).expect("stat");
+    assert_eq!((meta.mode() & 0o7777, meta.mtime()), (0o604, 8));
+    file.sync().await.expect("fsync");
+    let vfs = file.statvfs().await.expect("fstatvfs");
+    assert!(vfs.bsize > 0 && vfs.namemax > 0, "{vfs:?}");
+    assert_eq!(
+        fs.statvfs(&VPath::root()).await.expect("statvfs").fsid,
+        vfs.fsid
+    );
+    file.close().await.expect("close");
+    let err = file
+        .read(0, 1, &mut BytesMut::new())
+        .await
+        .expect_err("read after close");
+    assert_eq!(status(&err), StatusCode::Failure);
+    assert!(file.close().await.is_err(), "second close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_fills_reserved_capacity_in_place() {
+    let (dir, fs) = fresh();
+    std::fs::write(dir.path().join("f"), vec![b'a'; 4096]).expect("file");
+    let file = fs
+        .open(&p("/f"), OpenFlags::READ, &FileAttributes::new())
+        .await
+        .expect("open");
+    let mut buf = BytesMut::with_capacity(8192);
+    buf.extend_from_slice(b"header");
+    let start = buf.as_ptr();
+    let n = file.read(0, 4096, &mut buf).await.expect("read");
+    assert_eq!(n, 4096);
+    assert_eq!(&buf[..6], b"header", "earlier bytes kept");
+    assert!(buf[6..].iter().all(|b| *b == b'a'));
+    assert_eq!(buf.as_ptr(), start, "no reallocation, no copy");
+    // An EOF read leaves the buffer as it was.
+    let err = file.read(4096, 10, &mut buf).await.expect_err("eof");
+    assert!(matches!(err, FsError::Eof));
+    assert_eq!(buf.len(), 6 + 4096);
+    file.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_batches_and_dot_entries() {
+    let (dir, fs) = fresh();
+    for i in 0..250 {
+        std::fs::write(dir.path().join(format!("f{i}")), b"").expect("file");
+    }
+    std::fs::create_dir(dir.path().join("sub")).expect("sub");
+    fs.symlink(b"f0", &p("/link")).await.expect("symlink");
+    // Make the root's and the host parent's attributes tell apart.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o751),
+    )
+    .expect("chmod root");
+    fs.setstat(
+        &VPath::root(),
+        &FileAttributes {
+            times: Some(Times {
+                atime: 123_456,
+                mtime: 654_321,
+            }),
+            ..FileAttributes::new()
+        },
+    )
+    .await
+    .expect("root times");
+    let root_attrs = fs.stat(&VPath::root()).await.expect("stat /");
+
+    let batches = list(&fs, &VPath::root()).await;
+    assert!(
+        batches.iter().all(|b| b.len() <= 100),
+        "batches of at most 100"
+    );
+    assert!(batches.len() >= 3);
+    let entries: Vec<_> = batches.into_iter().flatten().collect();
+    assert_eq!(entries.len(), 250 + 2 + 2, "files, sub, link, . and ..");
+    let find = |name: &str| {
+        let found: Vec<_> = entries.iter().filter(|e| e.name == name).collect();
+        assert_eq!(found.len(), 1, "{name} listed once");
+        found[0].clone()
+    };
+    // Listing reads the directory, so compare all but the access time.
+    let key = |a: &FileAttributes| (a.permissions, a.owner, a.size, a.times.map(|t| t.mtime));
+    assert_eq!(key(&find(".").attrs), key(&root_attrs));
+    assert_eq!(
+        key(&find("..").attrs),
+        key(&root_attrs),
+        "`..` of the root is the root, not the host's parent"
+    );
+    assert_eq!(find("link").attrs.file_type(), Some(FileType::Symlink));
+    assert_eq!(find("f7").nlink, 1);
+    assert!(find("sub").nlink >= 2);
+
+    // `..` of a subdirectory, reached through a symlink, is its real parent: the root.
+    fs.symlink(b"sub", &p("/sublink")).await.expect("symlink");
+    let entries: Vec<_> = list(&fs, &p("/sublink"))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let dotdot = entries.iter().find(|e| e.name == "..").expect("..");
+    assert_eq!(
+        dotdot.attrs.times,
+        fs.stat(&VPath::root()).await.expect("stat /").times
+    );
+    assert_eq!(dotdot.attrs.permissions, root_attrs.permissions);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_itself() {
+    let (_dir, fs) = fresh();
+    let root = VPath::root();
+    assert!(fs.lstat(&root).await.expect("lstat /").is_dir());
+    for (what, err) in [
+        ("remove /", fs.remove(&root).await.expect_err("remove /")),
+        ("rmdir /", fs.rmdir(&root).await.expect_err("rmdir /")),
+        (
+            "rename /",
+            fs.rename(&root, &p("/x"), RenameMode::NoReplace)
+                .await
+                .expect_err("rename /"),
+        ),
+    ] {
+        assert_eq!(
+            status(&err),
+            StatusCode::PermissionDenied,
+            "{what}: {err:?}"
+        );
+    }
+    fs.mkdir(&p("/a"), &FileAttributes::new())
+        .await
+        .expect("mkdir");
+    let err = fs
+        .rename(&p("/a"), &root, RenameMode::Replace)
+        .await
+        .expect_err("rename onto /");
+    assert_eq!(status(&err), StatusCode::PermissionDenied);
+    let err = fs
+        .mkdir(&root, &FileAttributes::new())
+        .await
+        .expect_err("mkdir /");
+    assert!(matches!(err, FsError::AlreadyExists));
+    let err = fs.readlink(&root).await.expect_err("readlink /");
+    assert_eq!(status(&err), StatusCode::Failure);
+    assert_eq!(fs.realpath(&root).await.expect("realpath"), root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_of_links_and_renames_onto_links() {
+    let (dir, fs) = fresh();
+    std::fs::write(dir.path().join("f"), b"f").expect("file");
+    fs.symlink(b"f", &p("/link")).await.expect("symlink");
+    // A hard link of a symlink is another symlink, not the file.
+    fs.hardlink(&p("/link"), &p("/hard"))
+        .await
+        .expect("hardlink");
+    assert_eq!(
+        fs.lstat(&p("/hard")).await.expect("lstat").file_type(),
+        Some(FileType::Symlink)
+    );
+    // A dangling symlink counts as an existing destination for RENAME.
+    fs.symlink(b"nowhere", &p("/dangling"))
+        .await
+        .expect("symlink");
+    std::fs::write(dir.path().join("g"), b"g").expect("file");
+    let err = fs
+        .rename(&p("/g"), &p("/dangling"), RenameMode::NoReplace)
+        .await
+        .expect_err("rename onto a dangling link");
+    assert!(matches!(err, FsError::AlreadyExists), "{err:?}");
+    // REMOVE of a directory is refused with "Is a directory".
+    fs.mkdir(&p("/d"), &FileAttributes::new())
+        .await
+        .expect("mkdir");
+    let err = fs.remove(&p("/d")).await.expect_err("remove dir");
+    assert!(matches!(err, FsError::IsADirectory), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_names_never_show_host_paths() {
+    let (dir, fs) = fresh();
+    let host = dir.path().to_str().expect("utf-8").to_owned();
+    std::fs::write(dir.path().join("f"), b"f").expect("file");
+    fs.symlink(host.as_bytes(), &p("/hostlink"))
+        .await
+        .expect("symlink");
+    let errors = [
+        fs.stat(&p("/missing/x")).await.map(drop),
+        fs.stat(&p("/f/x")).await.map(drop),
+        fs.stat(&p("/hostlink")).await.map(drop),
+        fs.opendir(&p("/f")).await.map(drop),
+        fs.open(&p("/"), OpenFlags::READ, &FileAttributes::new())
+            .await
+            .map(drop),
+        fs.rmdir(&p("/")).await,
+        fs.rename(&p("/f"), &p("/nowhere/f"), RenameMode::NoReplace)
+            .await,
+        fs.realpath(&p("/missing/x")).await.map(drop),
+    ];
+    for result in errors {
+        let err = result.expect_err("fails");
+        let text = err.to_string();
+        assert!(!text.contains(&host), "host path in {text:?}");
+        assert!(!text.contains("/tmp"), "host path in {text:?}");
+    }
+    for path in ["/", "/f", "/missing", "/hostlink", "/hostlink/x"] {
+        if let Ok(real) = fs.realpath(&p(path)).await {
+            assert!(
+                !real.to_string().contains(&host),
+                "realpath {path} = {real}"
+            );
+        }
+    }
+    // The stored target is the client's own; READLINK returns it unchanged.
+    assert_eq!(
+        &fs.readlink(&p("/hostlink")).await.expect("readlink")[..],
+        host.as_bytes()
+    );
+}

@@ -1,0 +1,89 @@
+//! The incremental framer: feed bytes in any chunking, take whole packets out.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::error::DecodeError;
+use crate::packet::{Request, Response};
+
+/// Size of the length field that precedes every packet.
+pub const FRAME_HEADER_LEN: usize = 4;
+
+/// The default packet limit: a 256 KiB payload plus room for the request header, so that a
+/// client's largest READ or WRITE of 256 KiB fits, as OpenSSH's `SFTP_MAX_MSG_LENGTH` intends.
+pub const DEFAULT_MAX_PACKET: u32 = 256 * 1024 + 1024;
+
+/// Splits a byte stream into packets.
+///
+/// The length field is checked against the maximum before anything is reserved for the
+/// packet, so a hostile length costs nothing. Each returned packet is a slice of the input
+/// buffer: payloads are never copied.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    max_packet: u32,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder {
+    /// A decoder with the [`DEFAULT_MAX_PACKET`] limit.
+    pub fn new() -> Self {
+        Self::with_max_packet(DEFAULT_MAX_PACKET)
+    }
+
+    /// A decoder that refuses packets whose length field exceeds `max_packet`.
+    pub fn with_max_packet(max_packet: u32) -> Self {
+        Decoder { max_packet }
+    }
+
+    /// The configured limit on the length field.
+    pub fn max_packet(&self) -> u32 {
+        self.max_packet
+    }
+
+    /// Takes one whole frame (type byte onwards) off the front of `buf`.
+    ///
+    /// `Ok(None)`: more bytes are needed; room for the rest of the frame has been reserved.
+    /// A frame longer than the limit is [`DecodeError::TooLarge`], which is fatal for the
+    /// stream; `buf` is left as it was.
+    pub fn next_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
+        if buf.len() < FRAME_HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        if len > self.max_packet {
+            return Err(DecodeError::TooLarge {
+                len,
+                max: self.max_packet,
+            });
+        }
+        let total = FRAME_HEADER_LEN + len as usize;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        buf.advance(FRAME_HEADER_LEN);
+        Ok(Some(buf.split_to(len as usize).freeze()))
+    }
+
+    /// Takes one client packet off the front of `buf`. On an error other than
+    /// [`DecodeError::TooLarge`] the bad frame has been consumed and decoding can go on.
+    pub fn decode_request(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, DecodeError> {
+        match self.next_frame(buf)? {
+            Some(frame) => Request::decode(frame).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes one server packet off the front of `buf`, with the same contract as
+    /// [`Decoder::decode_request`].
+    pub fn decode_response(&mut self, buf: &mut BytesMut) -> Result<Option<Response>, DecodeError> {
+        match self.next_frame(buf)? {
+            Some(frame) => Response::decode(frame).map(Some),
+            None => Ok(None),
+        }
+    }
+}

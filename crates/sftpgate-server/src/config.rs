@@ -1,0 +1,168 @@
+//! Server settings: lifecycle timeouts, per-session limits and the SSH transport's tuning.
+
+use std::time::Duration;
+
+use russh::keys::PrivateKey;
+use sftpgate_proto::DEFAULT_MAX_PACKET;
+
+/// Everything the server needs besides its hooks. `Default` gives production-safe values;
+/// only `host_keys` must be filled in.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Host keys offered to clients (at least one).
+    pub host_keys: Vec<PrivateKey>,
+    /// The SSH identification string's software part (`SSH-2.0-<this>`).
+    pub server_id: String,
+    /// Lifecycle timeouts.
+    pub timeouts: Timeouts,
+    /// Limits per connection and per session.
+    pub limits: Limits,
+    /// Whether the `password` method is offered.
+    pub password_auth: bool,
+    /// Whether the `publickey` method is offered.
+    pub publickey_auth: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host_keys: Vec::new(),
+            server_id: concat!("sftpgate_", env!("CARGO_PKG_VERSION")).to_owned(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            password_auth: true,
+            publickey_auth: true,
+        }
+    }
+}
+
+/// Timeouts of the lifecycle's steps and of the transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Step 1: [`crate::Hooks::auth_completed`].
+    pub auth_completed: Duration,
+    /// Step 2: [`crate::SftpFactory::open`].
+    pub sftp_factory: Duration,
+    /// Step 3: [`sftpgate_vfs::Filesystem::exit`] (and the factory's cleanups). An exit past
+    /// it is abandoned with an error log, so shutdown never hangs.
+    pub exit: Duration,
+    /// One storage operation of a request; `None`: no limit.
+    pub request: Option<Duration>,
+    /// Unauthenticated connections are closed after this long.
+    pub login_grace: Duration,
+    /// A connection with no traffic at all for this long is closed; `None`: never.
+    pub idle: Option<Duration>,
+    /// Interval of SSH keepalives when the client is silent; `None`: none are sent.
+    pub keepalive_interval: Option<Duration>,
+    /// Unanswered keepalives after which the connection is closed.
+    pub keepalive_max: usize,
+    /// On shutdown, how long live sessions get to end and run their exits.
+    pub shutdown_drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            auth_completed: Duration::from_secs(30),
+            sftp_factory: Duration::from_secs(60),
+            exit: Duration::from_secs(30),
+            request: None,
+            login_grace: Duration::from_secs(120),
+            idle: Some(Duration::from_secs(600)),
+            keepalive_interval: Some(Duration::from_secs(60)),
+            keepalive_max: 3,
+            shutdown_drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Limits per server, connection and session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Live connections in total; further ones are refused with a disconnect message.
+    pub max_connections: usize,
+    /// SFTP sessions (channels) per connection.
+    pub max_sessions_per_connection: usize,
+    /// Storage operations running at once per session. 1 serves one request at a time, as
+    /// OpenSSH does.
+    pub max_in_flight: usize,
+    /// Requests received but not yet answered per session; past it the server stops reading
+    /// from the client (backpressure through SSH flow control).
+    pub max_outstanding: usize,
+    /// Bytes of WRITE data received but not yet written to storage, per session.
+    pub max_pending_write_bytes: usize,
+    /// Bytes of READ replies being produced or waiting to be sent, per session.
+    pub max_pending_read_bytes: usize,
+    /// Open file and directory handles per session.
+    pub max_handles: usize,
+    /// Largest SFTP packet accepted (length field).
+    pub max_packet: u32,
+    /// Largest READ served in one reply (longer requests get a short read).
+    pub max_read: u32,
+    /// Largest WRITE payload accepted.
+    pub max_write: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_sessions_per_connection: 8,
+            max_in_flight: 64,
+            max_outstanding: 1024,
+            max_pending_write_bytes: 16 << 20,
+            max_pending_read_bytes: 8 << 20,
+            max_handles: 256,
+            max_packet: DEFAULT_MAX_PACKET,
+            max_read: 256 * 1024,
+            max_write: 256 * 1024,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The russh configuration for these settings, with the tuning that matters for SFTP:
+    /// `aes128-gcm@openssh.com` offered (russh leaves it out by default), no delay on
+    /// rejecting the probing `none` method (else every OpenSSH login waits a second),
+    /// `TCP_NODELAY`, a 2 MiB window (larger made loopback uploads slower).
+    pub(crate) fn russh_config(&self) -> russh::server::Config {
+        use russh::{cipher, MethodKind, MethodSet};
+
+        let mut methods = Vec::new();
+        if self.publickey_auth {
+            methods.push(MethodKind::PublicKey);
+        }
+        if self.password_auth {
+            methods.push(MethodKind::Password);
+        }
+        let preferred = russh::Preferred {
+            cipher: std::borrow::Cow::Owned(vec![
+                cipher::AES_128_GCM,
+                cipher::CHACHA20_POLY1305,
+                cipher::AES_256_GCM,
+                cipher::AES_256_CTR,
+                cipher::AES_192_CTR,
+                cipher::AES_128_CTR,
+            ]),
+            ..russh::Preferred::default()
+        };
+        russh::server::Config {
+            server_id: russh::SshId::Standard(std::borrow::Cow::Owned(format!(
+                "SSH-2.0-{}",
+                self.server_id
+            ))),
+            methods: MethodSet::from(&methods[..]),
+            auth_rejection_time: Duration::from_millis(500),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            keys: self.host_keys.clone(),
+            window_size: 2 * 1024 * 1024,
+            maximum_packet_size: 32768,
+            inactivity_timeout: self.timeouts.idle,
+            keepalive_interval: self.timeouts.keepalive_interval,
+            keepalive_max: self.timeouts.keepalive_max,
+            nodelay: true,
+            preferred,
+            ..Default::default()
+        }
+    }
+}

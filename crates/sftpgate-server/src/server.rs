@@ -1,0 +1,284 @@
+//! The accept loop, per-connection tasks, and graceful shutdown: decide (a cancelled token),
+//! tell (every connection and session holds a child token), wait (all tasks are on one
+//! [`TaskTracker`], awaited up to the drain timeout).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::Disconnect;
+use sftpgate_vfs::EndReason;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::config::ServerConfig;
+use crate::connection::{Connection, Shared};
+use crate::error::Error;
+use crate::hooks::{Authenticator, ConnectionId, Hooks, SftpFactory};
+
+/// How long a connection gets to say goodbye once it has been told to end.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
+
+/// An SFTP server: an authenticator, the lifecycle hooks and the SFTP factory, served on a
+/// TCP listener until [`ShutdownHandle::shutdown`] is called.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use sftpgate_server::*;
+/// # async fn example(auth: impl Authenticator, factory: impl SftpFactory<()>, config: ServerConfig) -> Result<(), Error> {
+/// let server = Server::new(config, auth, NoHooks, factory)?;
+/// let stop = server.shutdown_handle();
+/// tokio::spawn(async move {
+///     let _ = tokio::signal::ctrl_c().await;
+///     stop.shutdown();
+/// });
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:2222").await?;
+/// server.run(listener).await
+/// # }
+/// ```
+pub struct Server<A, H, F> {
+    shared: Arc<Shared<A, H, F>>,
+    russh: Arc<russh::server::Config>,
+    shutdown: CancellationToken,
+    connections: Arc<Semaphore>,
+    next_connection: AtomicU64,
+}
+
+/// Stops a running [`Server`]: it stops accepting, ends every session (each exit is
+/// awaited) and returns from [`Server::run`] once all of it is done or the drain timeout
+/// passed.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    token: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Starts the graceful shutdown.
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_shutting_down(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+impl<A, H, F> Server<A, H, F>
+where
+    A: Authenticator,
+    H: Hooks,
+    F: SftpFactory<H::State>,
+{
+    /// A server with these settings and hooks.
+    pub fn new(
+        config: ServerConfig,
+        authenticator: A,
+        hooks: H,
+        factory: F,
+    ) -> Result<Self, Error> {
+        if config.host_keys.is_empty() {
+            return Err(Error::Config("at least one host key is needed".into()));
+        }
+        let russh = Arc::new(config.russh_config());
+        let connections = Arc::new(Semaphore::new(config.limits.max_connections.max(1)));
+        Ok(Server {
+            shared: Arc::new(Shared {
+                config: Arc::new(config),
+                authenticator,
+                hooks,
+                factory: Arc::new(factory),
+                tracker: TaskTracker::new(),
+                next_session: AtomicU64::new(1),
+            }),
+            russh,
+            shutdown: CancellationToken::new(),
+            connections,
+            next_connection: AtomicU64::new(1),
+        })
+    }
+
+    /// A handle that shuts the server down.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            token: self.shutdown.clone(),
+        }
+    }
+
+    /// Serves connections from `listener` until shutdown, then drains.
+    pub async fn run(self, listener: TcpListener) -> Result<(), Error> {
+        let local = listener.local_addr()?;
+        tracing::info!(%local, "listening");
+        loop {
+            let accepted = tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => self.spawn_connection(stream, peer),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        drop(listener);
+        let tracker = &self.shared.tracker;
+        tracker.close();
+        let drain = self.shared.config.timeouts.shutdown_drain;
+        tracing::info!(
+            tasks = tracker.len(),
+            ?drain,
+            "shutting down: waiting for sessions to end"
+        );
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            tracing::error!(
+                tasks = tracker.len(),
+                ?drain,
+                "drain timeout passed; stopping with tasks still running"
+            );
+        } else {
+            tracing::info!("all sessions ended");
+        }
+        Ok(())
+    }
+
+    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr) {
+        let id = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            metrics::counter!("sftpgate_connections_rejected_total", "reason" => "max_connections")
+                .increment(1);
+            tracing::warn!(%peer, "connection limit reached; connection refused");
+            return;
+        };
+        metrics::counter!("sftpgate_connections_total").increment(1);
+        let span = tracing::info_span!("conn", conn = %id, %peer, user = tracing::field::Empty);
+        let task = connection_task(ConnectionTask {
+            shared: self.shared.clone(),
+            russh: self.russh.clone(),
+            shutdown: self.shutdown.child_token(),
+            stream,
+            peer,
+            id,
+            span: span.clone(),
+        });
+        self.shared.tracker.spawn(
+            async move {
+                metrics::gauge!("sftpgate_connections_open").increment(1.0);
+                task.await;
+                metrics::gauge!("sftpgate_connections_open").decrement(1.0);
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+struct ConnectionTask<A, H, F> {
+    shared: Arc<Shared<A, H, F>>,
+    russh: Arc<russh::server::Config>,
+    shutdown: CancellationToken,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: ConnectionId,
+    span: tracing::Span,
+}
+
+async fn connection_task<A, H, F>(task: ConnectionTask<A, H, F>)
+where
+    A: Authenticator,
+    H: Hooks,
+    F: SftpFactory<H::State>,
+{
+    let ConnectionTask {
+        shared,
+        russh,
+        shutdown,
+        stream,
+        peer,
+        id,
+        span,
+    } = task;
+    let grace = shared.config.timeouts.login_grace;
+    let sessions = TaskTracker::new();
+    let authenticated = Arc::new(AtomicBool::new(false));
+    let (end_tx, end_rx) = watch::channel(None);
+    let handler = Connection::new(
+        shared.clone(),
+        id,
+        peer,
+        shutdown.clone(),
+        sessions.clone(),
+        authenticated.clone(),
+        end_rx,
+        span,
+    );
+    // The version exchange happens here, under the login grace time too.
+    let running = tokio::select! {
+        r = tokio::time::timeout(grace, russh::server::run_stream(russh, stream, handler)) => r,
+        () = shutdown.cancelled() => return,
+    };
+    let mut running = match running {
+        Ok(Ok(running)) => running,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "SSH handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!("no SSH identification within the login grace time");
+            return;
+        }
+    };
+    let handle = running.handle();
+    let login_deadline = tokio::time::sleep(grace);
+    tokio::pin!(login_deadline);
+    let mut grace_over = false;
+    let reason = loop {
+        tokio::select! {
+            result = &mut running => break end_reason(result),
+            () = &mut login_deadline, if !grace_over => {
+                grace_over = true;
+                if !authenticated.load(Ordering::SeqCst) {
+                    tracing::info!(?grace, "login grace time exceeded");
+                    metrics::counter!("sftpgate_connections_rejected_total", "reason" => "login_grace").increment(1);
+                    let _ = handle
+                        .disconnect(Disconnect::ByApplication, "login grace time exceeded".into(), String::new())
+                        .await;
+                    let _ = tokio::time::timeout(DISCONNECT_GRACE, &mut running).await;
+                    break EndReason::ConnectionLost { detail: "login grace time exceeded".into() };
+                }
+            }
+            () = shutdown.cancelled() => {
+                // Sessions see the same cancellation: let them end and run their exits
+                // (they stay tracked by the server), then say goodbye.
+                sessions.close();
+                sessions.wait().await;
+                let _ = handle
+                    .disconnect(Disconnect::ByApplication, "server is shutting down".into(), String::new())
+                    .await;
+                let _ = tokio::time::timeout(DISCONNECT_GRACE, &mut running).await;
+                break EndReason::Shutdown;
+            }
+        }
+    };
+    tracing::info!(reason = %reason, "connection ended");
+    let _ = end_tx.send(Some(reason));
+}
+
+fn end_reason(result: Result<(), russh::Error>) -> EndReason {
+    match result {
+        Ok(()) => EndReason::ConnectionLost {
+            detail: "client disconnected".into(),
+        },
+        Err(russh::Error::InactivityTimeout) => EndReason::IdleTimeout,
+        Err(russh::Error::KeepaliveTimeout) => EndReason::KeepaliveTimeout,
+        Err(e) => EndReason::ConnectionLost {
+            detail: e.to_string(),
+        },
+    }
+}

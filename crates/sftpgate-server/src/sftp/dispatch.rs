@@ -1,0 +1,488 @@
+//! One request in, one reply out: the `match` that maps every SFTP operation onto the
+//! session's [`Filesystem`], and every failure onto a STATUS with the right code and a
+//! message a person can act on.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use sftpgate_proto::extensions::names;
+use sftpgate_proto::{
+    encode_data_header, encode_status, longname, ExtendedRequest, FileAttributes, LimitsReply,
+    LongnameInfo, NameEntry, OpenFlags, Request, Response, StatusCode,
+};
+use sftpgate_vfs::{Filesystem, FsError, RenameMode, VPath};
+
+use super::handles::{DirHandle, FileHandle, Handle, HandleTable};
+use crate::config::Limits;
+
+/// The extensions announced in VERSION, with OpenSSH's version strings.
+pub(crate) const EXTENSIONS: &[(&str, &str)] = &[
+    (names::POSIX_RENAME, "1"),
+    (names::STATVFS, "2"),
+    (names::FSTATVFS, "2"),
+    (names::HARDLINK, "1"),
+    (names::FSYNC, "1"),
+    (names::LSETSTAT, "1"),
+    (names::LIMITS, "1"),
+    (names::EXPAND_PATH, "1"),
+    (names::COPY_DATA, "1"),
+    (names::HOME_DIRECTORY, "1"),
+    (names::USERS_GROUPS_BY_ID, "1"),
+];
+
+/// Chunk size of server-side copies (`copy-data`).
+const COPY_CHUNK: u32 = 64 * 1024;
+
+/// Executes requests for one session.
+pub(crate) struct Dispatcher {
+    pub(crate) fs: Arc<dyn Filesystem>,
+    pub(crate) handles: Arc<HandleTable>,
+    /// Where relative paths start, and what `~` means.
+    pub(crate) home: VPath,
+    pub(crate) user: String,
+    pub(crate) limits: Limits,
+    pub(crate) request_timeout: Option<Duration>,
+}
+
+impl Dispatcher {
+    /// Runs `request` and appends its reply to `out`. Never fails: every error becomes a
+    /// STATUS reply.
+    pub(crate) async fn dispatch(&self, request: Request, out: &mut BytesMut) {
+        let Some(id) = request.id() else {
+            return; // INIT is the session's business, not a request
+        };
+        let result = match self.request_timeout {
+            None => self.run(id, request, out).await,
+            Some(limit) => match tokio::time::timeout(limit, self.run(id, request, out)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    metrics::counter!("sftpgate_request_timeouts_total").increment(1);
+                    Err(FsError::Other(format!(
+                        "Operation timed out after {} s",
+                        limit.as_secs_f64()
+                    )))
+                }
+            },
+        };
+        if let Err(e) = result {
+            out.clear();
+            status_error(out, id, &e);
+        }
+    }
+
+    async fn run(&self, id: u32, request: Request, out: &mut BytesMut) -> Result<(), FsError> {
+        match request {
+            Request::Init { .. } => Ok(()),
+            Request::Open {
+                filename,
+                pflags,
+                attrs,
+                ..
+            } => {
+                let path = self.path(&filename)?;
+                let file = self.fs.open(&path, pflags, &attrs).await?;
+                let handle = Handle::File(Arc::new(FileHandle {
+                    file,
+                    path,
+                    flags: pflags,
+                }));
+                self.reply_handle(id, handle, out).await
+            }
+            Request::Opendir { path, .. } => {
+                let path = self.path(&path)?;
+                let dir = self.fs.opendir(&path).await?;
+                let handle = Handle::Dir(Arc::new(DirHandle {
+                    dir: tokio::sync::Mutex::new(dir),
+                }));
+                self.reply_handle(id, handle, out).await
+            }
+            Request::Close { handle, .. } => {
+                match self.handles.remove(&handle)? {
+                    Handle::File(f) => f.file.close().await?,
+                    Handle::Dir(_) => {}
+                }
+                ok(out, id);
+                Ok(())
+            }
+            Request::Read {
+                handle,
+                offset,
+                len,
+                ..
+            } => {
+                let file = self.handles.file(&handle)?;
+                let len = len.min(self.limits.max_read);
+                let header_at = out.len();
+                encode_data_header(out, id, 0);
+                let data_at = out.len();
+                out.reserve(len as usize);
+                let n = file.file.read(offset, len, out).await?;
+                if n == 0 && len > 0 {
+                    return Err(FsError::Eof);
+                }
+                // The backend appended exactly n bytes: patch the lengths in the header.
+                debug_assert_eq!(out.len() - data_at, n);
+                let mut header = BytesMut::with_capacity(13);
+                encode_data_header(&mut header, id, n);
+                out[header_at..data_at].copy_from_slice(&header);
+                Ok(())
+            }
+            Request::Write {
+                handle,
+                offset,
+                data,
+                ..
+            } => {
+                let file = self.handles.file(&handle)?;
+                if data.len() > self.limits.max_write as usize {
+                    return Err(FsError::InvalidInput(
+                        format!(
+                            "WRITE of {} bytes exceeds the limit of {} bytes",
+                            data.len(),
+                            self.limits.max_write
+                        )
+                        .into(),
+                    ));
+                }
+                file.file.write(offset, data).await?;
+                ok(out, id);
+                Ok(())
+            }
+            Request::Lstat { path, .. } => {
+                let attrs = self.fs.lstat(&self.path(&path)?).await?;
+                attrs_reply(out, id, attrs);
+                Ok(())
+            }
+            Request::Stat { path, .. } => {
+                let attrs = self.fs.stat(&self.path(&path)?).await?;
+                attrs_reply(out, id, attrs);
+                Ok(())
+            }
+            Request::Fstat { handle, .. } => {
+                let attrs = self.handles.file(&handle)?.file.stat().await?;
+                attrs_reply(out, id, attrs);
+                Ok(())
+            }
+            Request::Setstat { path, attrs, .. } => {
+                self.fs.setstat(&self.path(&path)?, &attrs).await?;
+                ok(out, id);
+                Ok(())
+            }
+            Request::Fsetstat { handle, attrs, .. } => {
+                self.handles.file(&handle)?.file.setstat(&attrs).await?;
+                ok(out, id);
+                Ok(())
+            }
+            Request::Readdir { handle, .. } => {
+                let dir = self.handles.dir(&handle)?;
+                let batch = dir.dir.lock().await.next_batch().await?;
+                if batch.is_empty() {
+                    return Err(FsError::Eof);
+                }
+                let now = unix_now();
+                let entries = batch
+                    .into_iter()
+                    .map(|e| {
+                        let info = LongnameInfo {
+                            user: None,
+                            group: None,
+                            nlink: e.nlink,
+                            now,
+                        };
+                        NameEntry {
+                            longname: longname(&e.name, &e.attrs, &info).into(),
+                            filename: e.name,
+                            attrs: e.attrs,
+                        }
+                    })
+                    .collect();
+                Response::Name { id, entries }.encode(out);
+                Ok(())
+            }
+            Request::Remove { filename, .. } => {
+                self.fs.remove(&self.path(&filename)?).await?;
+                ok(out, id);
+                Ok(())
+            }
+            Request::Mkdir { path, attrs, .. } => {
+                self.fs.mkdir(&self.path(&path)?, &attrs).await?;
+                ok(out, id);
+                Ok(())
+            }
+            Request::Rmdir { path, .. } => {
+                self.fs.rmdir(&self.path(&path)?).await?;
+                ok(out, id);
+                Ok(())
+            }
+            Request::Realpath { path, .. } => {
+                let resolved = self.fs.realpath(&self.path(&path)?).await?;
+                single_name(out, id, Bytes::copy_from_slice(resolved.as_bytes()));
+                Ok(())
+            }
+            Request::Rename {
+                oldpath, newpath, ..
+            } => {
+                let (from, to) = (self.path(&oldpath)?, self.path(&newpath)?);
+                self.fs.rename(&from, &to, RenameMode::NoReplace).await?;
+                ok(out, id);
+                Ok(())
+            }
+            Request::Readlink { path, .. } => {
+                let target = self.fs.readlink(&self.path(&path)?).await?;
+                single_name(out, id, target);
+                Ok(())
+            }
+            Request::Symlink {
+                linkpath,
+                targetpath,
+                ..
+            } => {
+                if targetpath.contains(&0) {
+                    return Err(FsError::InvalidInput(
+                        "symlink target contains a NUL byte".into(),
+                    ));
+                }
+                self.fs.symlink(&targetpath, &self.path(&linkpath)?).await?;
+                ok(out, id);
+                Ok(())
+            }
+            Request::Extended { request, .. } => self.extended(id, request, out).await,
+        }
+    }
+
+    async fn extended(
+        &self,
+        id: u32,
+        request: ExtendedRequest,
+        out: &mut BytesMut,
+    ) -> Result<(), FsError> {
+        match request {
+            ExtendedRequest::PosixRename { oldpath, newpath } => {
+                let (from, to) = (self.path(&oldpath)?, self.path(&newpath)?);
+                self.fs.rename(&from, &to, RenameMode::Replace).await?;
+                ok(out, id);
+            }
+            ExtendedRequest::Statvfs { path } => {
+                let stats = self.fs.statvfs(&self.path(&path)?).await?;
+                let mut data = BytesMut::with_capacity(88);
+                stats.encode(&mut data);
+                extended_reply(out, id, data);
+            }
+            ExtendedRequest::Fstatvfs { handle } => {
+                let stats = self.handles.file(&handle)?.file.statvfs().await?;
+                let mut data = BytesMut::with_capacity(88);
+                stats.encode(&mut data);
+                extended_reply(out, id, data);
+            }
+            ExtendedRequest::Hardlink { oldpath, newpath } => {
+                let (existing, new) = (self.path(&oldpath)?, self.path(&newpath)?);
+                self.fs.hardlink(&existing, &new).await?;
+                ok(out, id);
+            }
+            ExtendedRequest::Fsync { handle } => {
+                self.handles.file(&handle)?.file.sync().await?;
+                ok(out, id);
+            }
+            ExtendedRequest::Lsetstat { path, attrs } => {
+                self.fs.lsetstat(&self.path(&path)?, &attrs).await?;
+                ok(out, id);
+            }
+            ExtendedRequest::Limits => {
+                let limits = LimitsReply {
+                    max_packet_len: u64::from(self.limits.max_packet),
+                    max_read_len: u64::from(self.limits.max_read),
+                    max_write_len: u64::from(self.limits.max_write),
+                    max_open_handles: self.limits.max_handles as u64,
+                };
+                let mut data = BytesMut::with_capacity(32);
+                limits.encode(&mut data);
+                extended_reply(out, id, data);
+            }
+            ExtendedRequest::ExpandPath { path } => {
+                let expanded = self.expand_tilde(&path)?;
+                let resolved = self.fs.realpath(&expanded).await?;
+                single_name(out, id, Bytes::copy_from_slice(resolved.as_bytes()));
+            }
+            ExtendedRequest::HomeDirectory { username } => {
+                if !username.is_empty() && username != self.user.as_bytes() {
+                    return Err(FsError::NotFound);
+                }
+                single_name(out, id, Bytes::copy_from_slice(self.home.as_bytes()));
+            }
+            ExtendedRequest::CopyData {
+                read_handle,
+                read_offset,
+                read_length,
+                write_handle,
+                write_offset,
+            } => {
+                self.copy_data(
+                    &read_handle,
+                    read_offset,
+                    read_length,
+                    &write_handle,
+                    write_offset,
+                )
+                .await?;
+                ok(out, id);
+            }
+            ExtendedRequest::UsersGroupsById { uids, gids } => {
+                let names = self.fs.names_by_id(&uids, &gids).await?;
+                let mut data = BytesMut::new();
+                names.encode(&mut data);
+                extended_reply(out, id, data);
+            }
+            ExtendedRequest::Unknown { name, .. } => {
+                return Err(FsError::Unsupported(
+                    format!("extension {name:?} is not supported").into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `copy-data`: server-side copy between two open handles, as OpenSSH's sftp-server
+    /// implements it (a length of 0 copies to the end of the source; overlapping ranges of
+    /// one handle are refused).
+    async fn copy_data(
+        &self,
+        read_handle: &[u8],
+        read_offset: u64,
+        read_length: u64,
+        write_handle: &[u8],
+        write_offset: u64,
+    ) -> Result<(), FsError> {
+        let source = self.handles.file(read_handle)?;
+        let dest = self.handles.file(write_handle)?;
+        if !source.flags.contains(OpenFlags::READ) {
+            return Err(FsError::Forbidden(
+                "source handle is not open for reading".into(),
+            ));
+        }
+        if !dest.flags.contains(OpenFlags::WRITE) {
+            return Err(FsError::Forbidden(
+                "destination handle is not open for writing".into(),
+            ));
+        }
+        let to_end = read_length == 0;
+        if read_handle == write_handle {
+            let len = if to_end { u64::MAX } else { read_length };
+            let (read_end, write_end) = (
+                read_offset.saturating_add(len),
+                write_offset.saturating_add(len),
+            );
+            if read_offset < write_end && write_offset < read_end {
+                return Err(FsError::InvalidInput(
+                    "copy-data ranges overlap on one handle".into(),
+                ));
+            }
+        }
+        let mut copied = 0u64;
+        let mut buf = BytesMut::with_capacity(COPY_CHUNK as usize);
+        while to_end || copied < read_length {
+            let want = if to_end {
+                COPY_CHUNK
+            } else {
+                COPY_CHUNK.min(u32::try_from(read_length - copied).unwrap_or(u32::MAX))
+            };
+            buf.clear();
+            let n = match source.file.read(read_offset + copied, want, &mut buf).await {
+                Ok(n) => n,
+                Err(FsError::Eof) => 0,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                break;
+            }
+            let chunk = buf.split().freeze();
+            dest.file.write(write_offset + copied, chunk).await?;
+            copied += n as u64;
+        }
+        if !to_end && copied < read_length {
+            return Err(FsError::Eof);
+        }
+        Ok(())
+    }
+
+    async fn reply_handle(
+        &self,
+        id: u32,
+        handle: Handle,
+        out: &mut BytesMut,
+    ) -> Result<(), FsError> {
+        match self.handles.insert(handle) {
+            Ok(wire) => {
+                Response::Handle { id, handle: wire }.encode(out);
+                Ok(())
+            }
+            Err((handle, e)) => {
+                if let Handle::File(f) = handle {
+                    let _ = f.file.close().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn path(&self, raw: &[u8]) -> Result<VPath, FsError> {
+        Ok(VPath::resolve(&self.home, raw)?)
+    }
+
+    /// `~` and `~/x` are the home directory; `~name` only for the session's own user.
+    fn expand_tilde(&self, raw: &[u8]) -> Result<VPath, FsError> {
+        let Some(rest) = raw.strip_prefix(b"~") else {
+            return self.path(raw);
+        };
+        let (name, tail) = match rest.iter().position(|b| *b == b'/') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &b""[..]),
+        };
+        if !name.is_empty() && name != self.user.as_bytes() {
+            return Err(FsError::NotFound);
+        }
+        Ok(VPath::resolve(&self.home, tail)?)
+    }
+}
+
+/// Appends the STATUS reply for an error.
+pub(crate) fn status_error(out: &mut BytesMut, id: u32, error: &FsError) {
+    let code = StatusCode::from(error);
+    // A message built per error is fine: errors are not the hot path.
+    encode_status(out, id, code, &error.to_string());
+}
+
+fn ok(out: &mut BytesMut, id: u32) {
+    encode_status(out, id, StatusCode::Ok, "Success");
+}
+
+fn attrs_reply(out: &mut BytesMut, id: u32, attrs: FileAttributes) {
+    Response::Attrs { id, attrs }.encode(out);
+}
+
+fn single_name(out: &mut BytesMut, id: u32, name: Bytes) {
+    Response::Name {
+        id,
+        entries: vec![NameEntry {
+            filename: name.clone(),
+            longname: name,
+            attrs: FileAttributes::new(),
+        }],
+    }
+    .encode(out);
+}
+
+fn extended_reply(out: &mut BytesMut, id: u32, data: BytesMut) {
+    Response::ExtendedReply {
+        id,
+        data: data.freeze(),
+    }
+    .encode(out);
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,516 @@
+//! One SFTP session: an `sftp` subsystem channel from the factory call to the exit.
+//!
+//! The session task owns the channel. It runs the factory (step 2) while it watches the
+//! channel for the client leaving, arms the [`ExitGuard`] once the factory returned, then
+//! serves: a reader that keeps draining the channel and decodes requests, one task per
+//! request (ordered by the [`Sequencer`], bounded by semaphores), and a writer that sends the
+//! replies as they complete. Whatever ends the session, it drains, closes every handle,
+//! closes the channel and awaits the exit (step 3) exactly once.
+//!
+//! Backpressure: russh adjusts the SSH window as data arrives and blocks the whole
+//! connection's event loop when a channel's queue is full, so a reader that stops draining
+//! could stall the window updates that its own replies wait for. The reader therefore only
+//! stops for budgets that complete without the client's help: the number of outstanding
+//! requests and the bytes of WRITE data not yet stored. READ reply bytes are budgeted inside
+//! the request tasks, which the reader never waits for.
+
+mod dispatch;
+mod handles;
+mod sequencer;
+mod writer;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use sftpgate_proto::{
+    encode_status, DecodeError, Decoder, Request, Response, StatusCode, SFTP_VERSION,
+};
+use sftpgate_vfs::{EndReason, Filesystem, VPath};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+pub(crate) use handles::HandleTable;
+
+use crate::config::ServerConfig;
+use crate::hooks::{Cleanup, SftpContext, SftpFactory};
+use crate::lifecycle::{Exit, ExitGuard};
+use dispatch::Dispatcher;
+use sequencer::{Access, Sequencer};
+use writer::Outgoing;
+
+/// Bytes a client may send before its session has started (the factory is still running).
+/// A real client sends one INIT packet and waits.
+const MAX_EARLY_BYTES: usize = 1 << 20;
+/// How long a session whose channel vanished waits for the connection to say why.
+const END_REASON_WAIT: Duration = Duration::from_secs(5);
+/// How long in-flight requests get to finish once the session ends.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Everything one session task needs.
+pub(crate) struct SessionParams<S> {
+    pub(crate) ctx: SftpContext<S>,
+    pub(crate) channel: Channel<Msg>,
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    /// Set by the connection task when the SSH connection has ended, with the reason.
+    pub(crate) connection_end: watch::Receiver<Option<EndReason>>,
+}
+
+/// Runs one session from the factory to the exit. Panics are caught and logged; the exit
+/// still runs (from the guard).
+pub(crate) async fn run<S, F>(factory: Arc<F>, params: SessionParams<S>)
+where
+    S: Send + Sync + 'static,
+    F: SftpFactory<S>,
+{
+    let session = params.ctx.session;
+    let run = AssertUnwindSafe(run_inner(factory, params)).catch_unwind();
+    if run.await.is_err() {
+        metrics::counter!("sftpgate_session_panics_total").increment(1);
+        tracing::error!(%session, "SFTP session panicked; its exit runs as aborted");
+    }
+}
+
+async fn run_inner<S, F>(factory: Arc<F>, params: SessionParams<S>)
+where
+    S: Send + Sync + 'static,
+    F: SftpFactory<S>,
+{
+    let SessionParams {
+        ctx,
+        channel,
+        config,
+        shutdown,
+        tracker,
+        mut connection_end,
+    } = params;
+    let (mut reader, writer) = channel.split();
+    let writer = Arc::new(writer);
+    let timeouts = &config.timeouts;
+
+    // Step 2: the factory, cancelled if the client leaves or the server shuts down.
+    let mut early = BytesMut::new();
+    let mut cleanup = Cleanup::tracked(tracker.clone());
+    let started = Instant::now();
+    let outcome = {
+        let open = tokio::time::timeout(timeouts.sftp_factory, factory.open(&ctx, &mut cleanup));
+        tokio::pin!(open);
+        loop {
+            tokio::select! {
+                result = &mut open => break FactoryOutcome::Finished(result),
+                () = shutdown.cancelled() => break FactoryOutcome::Left(EndReason::Shutdown),
+                msg = reader.wait(), if early.len() < MAX_EARLY_BYTES => match msg {
+                    Some(ChannelMsg::Data { data }) => early.extend_from_slice(&data),
+                    Some(ChannelMsg::Eof) => break FactoryOutcome::Left(EndReason::ClientEof),
+                    Some(ChannelMsg::Close) => break FactoryOutcome::Left(EndReason::ClientClosed),
+                    Some(_) => {}
+                    None => break FactoryOutcome::Left(why_gone(&mut connection_end).await),
+                },
+            }
+        }
+    };
+    let elapsed = started.elapsed();
+    let fs = match outcome {
+        FactoryOutcome::Finished(Ok(Ok(fs))) => {
+            cleanup.disarm();
+            metrics::histogram!("sftpgate_lifecycle_hook_seconds", "step" => "sftp_factory")
+                .record(elapsed.as_secs_f64());
+            tracing::info!(?elapsed, "SFTP session started");
+            fs
+        }
+        FactoryOutcome::Finished(Ok(Err(error))) => {
+            metrics::counter!("sftpgate_lifecycle_hook_failures_total", "step" => "sftp_factory")
+                .increment(1);
+            tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "SFTP factory failed");
+            undo(cleanup, timeouts.exit).await;
+            refuse(
+                &writer,
+                &format!("could not start the SFTP session: {}", error.message()),
+            )
+            .await;
+            return;
+        }
+        FactoryOutcome::Finished(Err(_elapsed)) => {
+            metrics::counter!("sftpgate_lifecycle_hook_timeouts_total", "step" => "sftp_factory")
+                .increment(1);
+            tracing::warn!(timeout = ?timeouts.sftp_factory, "SFTP factory timed out");
+            undo(cleanup, timeouts.exit).await;
+            let secs = timeouts.sftp_factory.as_secs_f64();
+            refuse(
+                &writer,
+                &format!("could not start the SFTP session: setup timed out after {secs} s"),
+            )
+            .await;
+            return;
+        }
+        FactoryOutcome::Left(reason) => {
+            tracing::info!(reason = %reason, "session ended while the SFTP factory was running; factory cancelled");
+            undo(cleanup, timeouts.exit).await;
+            let _ = writer.close().await;
+            return;
+        }
+    };
+
+    // Step 3 is armed from here on: every path below ends in exactly one exit.
+    let handles = Arc::new(HandleTable::new(config.limits.max_handles));
+    let guard = ExitGuard::new(
+        Exit {
+            fs: fs.clone(),
+            handles: handles.clone(),
+            timeout: timeouts.exit,
+            span: tracing::Span::current(),
+        },
+        tracker,
+    );
+    metrics::gauge!("sftpgate_sftp_sessions_open").increment(1.0);
+    let serving = Serving {
+        dispatcher: Arc::new(Dispatcher {
+            fs,
+            handles: handles.clone(),
+            home: VPath::root(),
+            user: ctx.connection.user.clone(),
+            limits: config.limits.clone(),
+            request_timeout: timeouts.request,
+        }),
+        config: config.clone(),
+        shutdown,
+    };
+    let reason = serving
+        .serve(&mut reader, &writer, early, &mut connection_end)
+        .await;
+    tracing::info!(reason = %reason, open_handles = handles.len(), "SFTP session ending");
+
+    // Close what the client left open before telling it the channel is done, then let the
+    // client go and run the exit.
+    if tokio::time::timeout(timeouts.exit, handles.close_all())
+        .await
+        .is_err()
+    {
+        tracing::error!("closing open handles timed out");
+    }
+    if !matches!(reason, EndReason::ConnectionLost { .. }) {
+        let _ = writer.eof().await;
+        let _ = writer.close().await;
+    }
+    guard.close(reason).await;
+    metrics::gauge!("sftpgate_sftp_sessions_open").decrement(1.0);
+}
+
+enum FactoryOutcome {
+    Finished(Result<Result<Arc<dyn Filesystem>, crate::HookError>, tokio::time::error::Elapsed>),
+    Left(EndReason),
+}
+
+/// Runs a failed or cancelled factory's cleanups, bounded by the exit timeout.
+async fn undo(cleanup: Cleanup, limit: Duration) {
+    if cleanup.is_empty() {
+        return;
+    }
+    let count = cleanup.len();
+    match tokio::time::timeout(limit, cleanup.run()).await {
+        Ok(()) => tracing::info!(count, "factory cleanups done"),
+        Err(_) => tracing::error!(
+            count,
+            ?limit,
+            "factory cleanups timed out and were abandoned"
+        ),
+    }
+}
+
+/// Tells the client why its session will not start (on its stderr, which OpenSSH's `sftp`
+/// prints), then closes the channel.
+async fn refuse(writer: &ChannelWriteHalf<Msg>, message: &str) {
+    let line = format!("sftpgate: {message}\r\n");
+    let _ = writer.extended_data_bytes(1, Bytes::from(line)).await;
+    let _ = writer.exit_status(1).await;
+    let _ = writer.eof().await;
+    let _ = writer.close().await;
+}
+
+/// The channel's queue ended without EOF or CLOSE: the connection is gone. Ask the
+/// connection task why.
+async fn why_gone(connection_end: &mut watch::Receiver<Option<EndReason>>) -> EndReason {
+    match tokio::time::timeout(END_REASON_WAIT, connection_end.wait_for(Option::is_some)).await {
+        Ok(Ok(reason)) => reason.clone().unwrap_or(EndReason::ConnectionLost {
+            detail: "channel closed".into(),
+        }),
+        _ => EndReason::ConnectionLost {
+            detail: "channel closed".into(),
+        },
+    }
+}
+
+/// The serving phase of one session.
+struct Serving {
+    dispatcher: Arc<Dispatcher>,
+    config: Arc<ServerConfig>,
+    shutdown: CancellationToken,
+}
+
+/// The budgets of one session (see the module docs).
+struct Budgets {
+    outstanding: Arc<Semaphore>,
+    write_bytes: Arc<Semaphore>,
+    read_bytes: Arc<Semaphore>,
+    executing: Arc<Semaphore>,
+}
+
+impl Serving {
+    async fn serve(
+        &self,
+        reader: &mut ChannelReadHalf,
+        writer: &Arc<ChannelWriteHalf<Msg>>,
+        mut input: BytesMut,
+        connection_end: &mut watch::Receiver<Option<EndReason>>,
+    ) -> EndReason {
+        let limits = &self.config.limits;
+        let budgets = Budgets {
+            outstanding: Arc::new(Semaphore::new(limits.max_outstanding.max(1))),
+            write_bytes: Arc::new(Semaphore::new(
+                limits
+                    .max_pending_write_bytes
+                    .max(limits.max_packet as usize),
+            )),
+            read_bytes: Arc::new(Semaphore::new(
+                limits.max_pending_read_bytes.max(limits.max_read as usize),
+            )),
+            executing: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+        };
+        let (replies, reply_queue) = mpsc::unbounded_channel::<Outgoing>();
+        let writer_task = tokio::spawn(writer::run(writer.clone(), reply_queue).in_current_span());
+        let mut writer_task = tokio_util::task::AbortOnDropHandle::new(writer_task);
+        let mut tasks = JoinSet::new();
+        let mut sequencer = Sequencer::default();
+        let mut decoder = Decoder::with_max_packet(limits.max_packet);
+
+        let reason = 'session: loop {
+            // Serve everything already buffered.
+            loop {
+                let request = match decoder.decode_request(&mut input) {
+                    Ok(Some(request)) => request,
+                    Ok(None) => break,
+                    Err(e) if e.is_fatal() => {
+                        tracing::warn!(error = %e, "unframeable input; ending the session");
+                        break 'session EndReason::ProtocolError {
+                            detail: e.to_string(),
+                        };
+                    }
+                    Err(e) => {
+                        self.reject(&e, &replies);
+                        continue;
+                    }
+                };
+                if let Request::Init { version, .. } = request {
+                    tracing::debug!(client_version = version, "INIT");
+                    let _ = replies.send(Outgoing {
+                        bytes: version_packet(),
+                        hold: Vec::new(),
+                    });
+                    continue;
+                }
+                let admitted = tokio::select! {
+                    held = self.admit(&request, &budgets) => held,
+                    () = self.shutdown.cancelled() => break 'session EndReason::Shutdown,
+                };
+                let Some(held) = admitted else {
+                    break 'session EndReason::Shutdown;
+                };
+                let access = Access::of(&request, |h| self.dispatcher.handles.is_append(h));
+                let (done, deps) = sequencer.admit(access);
+                tasks.spawn(
+                    request_task(RequestTask {
+                        request,
+                        deps,
+                        done,
+                        held,
+                        dispatcher: self.dispatcher.clone(),
+                        read_bytes: budgets.read_bytes.clone(),
+                        executing: budgets.executing.clone(),
+                        max_read: limits.max_read,
+                        replies: replies.clone(),
+                    })
+                    .in_current_span(),
+                );
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => break EndReason::Shutdown,
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = joined {
+                        tracing::error!(error = %e, "request task failed");
+                    }
+                }
+                msg = reader.wait() => match msg {
+                    Some(ChannelMsg::Data { data }) => input.extend_from_slice(&data),
+                    Some(ChannelMsg::Eof) => break EndReason::ClientEof,
+                    Some(ChannelMsg::Close) => break EndReason::ClientClosed,
+                    Some(_) => {}
+                    None => break why_gone(connection_end).await,
+                },
+                result = &mut writer_task => {
+                    let detail = match result {
+                        Ok(Err(e)) => format!("sending replies failed: {e}"),
+                        _ => "reply writer stopped".to_owned(),
+                    };
+                    break EndReason::ConnectionLost { detail };
+                }
+            }
+        };
+
+        // Let requests in flight finish (their storage operations release what they hold),
+        // then send what they answered unless the client is gone.
+        let drained = tokio::time::timeout(DRAIN_LIMIT, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "requests still running at session end were aborted"
+            );
+            tasks.shutdown().await;
+        }
+        drop(replies);
+        if !matches!(reason, EndReason::ConnectionLost { .. }) && !writer_task.is_finished() {
+            let _ = tokio::time::timeout(DRAIN_LIMIT, &mut writer_task).await;
+        }
+        reason
+    }
+
+    /// Takes the budget a request holds from arrival until its reply is sent. Waiting here
+    /// stops the reader: only for budgets that free up without the client's help.
+    async fn admit(&self, request: &Request, budgets: &Budgets) -> Option<Held> {
+        let outstanding = budgets.outstanding.clone().acquire_owned().await.ok()?;
+        let write = match request {
+            // A WRITE's data is in memory until stored; it is at most one packet, and the
+            // budget is never smaller than one packet.
+            Request::Write { data, .. } => {
+                let n = u32::try_from(data.len()).unwrap_or(u32::MAX).max(1);
+                Some(
+                    budgets
+                        .write_bytes
+                        .clone()
+                        .acquire_many_owned(n)
+                        .await
+                        .ok()?,
+                )
+            }
+            _ => None,
+        };
+        Some(Held { outstanding, write })
+    }
+
+    /// Answers a packet that could not be decoded, when it had a request id.
+    fn reject(&self, error: &DecodeError, replies: &mpsc::UnboundedSender<Outgoing>) {
+        metrics::counter!("sftpgate_bad_requests_total").increment(1);
+        let Some(id) = error.request_id() else {
+            tracing::warn!(error = %error, "undecodable packet without a request id ignored");
+            return;
+        };
+        tracing::debug!(error = %error, id, "bad request");
+        let code = match error {
+            DecodeError::UnknownType { .. } => StatusCode::OpUnsupported,
+            _ => StatusCode::BadMessage,
+        };
+        let mut out = BytesMut::new();
+        encode_status(&mut out, id, code, &error.to_string());
+        let _ = replies.send(Outgoing {
+            bytes: out.freeze(),
+            hold: Vec::new(),
+        });
+    }
+}
+
+/// Budget a request holds from the moment the reader admits it.
+struct Held {
+    /// Until the reply has been sent.
+    outstanding: OwnedSemaphorePermit,
+    /// A WRITE's data, until it is stored.
+    write: Option<OwnedSemaphorePermit>,
+}
+
+struct RequestTask {
+    request: Request,
+    deps: Vec<CancellationToken>,
+    done: CancellationToken,
+    held: Held,
+    dispatcher: Arc<Dispatcher>,
+    read_bytes: Arc<Semaphore>,
+    executing: Arc<Semaphore>,
+    max_read: u32,
+    replies: mpsc::UnboundedSender<Outgoing>,
+}
+
+/// One request: wait for the requests it is ordered after, take its budgets, run it, hand
+/// the reply to the writer.
+async fn request_task(task: RequestTask) {
+    let RequestTask {
+        request,
+        deps,
+        done,
+        held,
+        dispatcher,
+        read_bytes,
+        executing,
+        max_read,
+        replies,
+    } = task;
+    // Completion is signalled however this task ends, aborted included.
+    let done = done.drop_guard();
+    for dep in &deps {
+        dep.cancelled().await;
+    }
+    let read_permit = match &request {
+        Request::Read { len, .. } => read_bytes
+            .acquire_many_owned((*len).min(max_read).max(1))
+            .await
+            .ok(),
+        _ => None,
+    };
+    let running = executing.acquire_owned().await.ok();
+    let id = request.id().unwrap_or(0);
+    let name = request.packet_type();
+    let mut out = BytesMut::new();
+    let result = AssertUnwindSafe(dispatcher.dispatch(request, &mut out))
+        .catch_unwind()
+        .await;
+    drop(running);
+    // The WRITE data is stored (or refused): its budget frees up now, not when the reply
+    // has been sent, so that the reader never waits on the client's window.
+    drop(held.write);
+    if result.is_err() {
+        metrics::counter!("sftpgate_request_panics_total").increment(1);
+        tracing::error!(id, request = ?name, "request handler panicked");
+        out.clear();
+        encode_status(&mut out, id, StatusCode::Failure, "Internal server error");
+    }
+    drop(done);
+    let mut hold = vec![held.outstanding];
+    hold.extend(read_permit);
+    let _ = replies.send(Outgoing {
+        bytes: out.freeze(),
+        hold,
+    });
+}
+
+/// The VERSION reply: version 3 and the extensions served.
+fn version_packet() -> Bytes {
+    let mut out = BytesMut::new();
+    Response::Version {
+        version: SFTP_VERSION,
+        extensions: dispatch::EXTENSIONS
+            .iter()
+            .map(|(name, data)| ((*name).to_owned(), Bytes::from_static(data.as_bytes())))
+            .collect(),
+    }
+    .encode(&mut out);
+    out.freeze()
+}

@@ -1,0 +1,250 @@
+//! Request ordering for concurrent dispatch: which earlier requests a new one must wait for.
+//!
+//! draft-ietf-secsh-filexfer-02 §6.1 lets a server process requests concurrently as long as
+//! the results are those of processing them one at a time in order. The sequencer keeps the
+//! requests in flight and answers, for each new one, the earlier ones it conflicts with:
+//! - requests on different handles, and reads of one handle, never wait for each other;
+//! - a READ waits for earlier overlapping WRITEs of its handle, a WRITE for earlier
+//!   overlapping READs and WRITEs (on a handle opened for appending, for every earlier WRITE);
+//! - a whole-handle request (CLOSE, FSTAT, FSETSTAT, READDIR, fsync, …) waits for every
+//!   earlier request on its handle, and every later one on that handle waits for it;
+//! - a path request that only reads (STAT, OPENDIR, REALPATH, …) waits for earlier requests
+//!   that may change something;
+//! - a path request that may change something (OPEN, REMOVE, RENAME, SETSTAT, …) is a
+//!   barrier: it waits for everything earlier, and everything later waits for it.
+//!
+//! The sequencer is owned by the session's reader; tasks signal completion through their
+//! [`Done`] token, and finished entries are pruned lazily.
+
+use bytes::Bytes;
+use sftpgate_proto::{ExtendedRequest, Request};
+use tokio_util::sync::CancellationToken;
+
+/// Completion of one request: cancelled (in tokio-util's sense) when it finished.
+pub(crate) type Done = CancellationToken;
+
+/// What a request touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// May change anything: orders against everything.
+    Barrier,
+    /// Reads by path.
+    PathRead,
+    /// A byte range of a handle.
+    Range {
+        handle: Bytes,
+        start: u64,
+        end: u64,
+        write: bool,
+    },
+    /// All of a handle.
+    WholeHandle { handle: Bytes },
+}
+
+impl Access {
+    /// Classifies a request; `append` says whether a handle was opened for appending.
+    pub(crate) fn of(request: &Request, append: impl Fn(&[u8]) -> bool) -> Access {
+        match request {
+            Request::Read {
+                handle,
+                offset,
+                len,
+                ..
+            } => Access::Range {
+                handle: handle.clone(),
+                start: *offset,
+                end: offset.saturating_add(u64::from(*len)),
+                write: false,
+            },
+            Request::Write {
+                handle,
+                offset,
+                data,
+                ..
+            } => {
+                if append(handle) {
+                    Access::Range {
+                        handle: handle.clone(),
+                        start: 0,
+                        end: u64::MAX,
+                        write: true,
+                    }
+                } else {
+                    Access::Range {
+                        handle: handle.clone(),
+                        start: *offset,
+                        end: offset.saturating_add(data.len() as u64),
+                        write: true,
+                    }
+                }
+            }
+            Request::Close { handle, .. }
+            | Request::Fstat { handle, .. }
+            | Request::Fsetstat { handle, .. }
+            | Request::Readdir { handle, .. }
+            | Request::Extended {
+                request: ExtendedRequest::Fsync { handle } | ExtendedRequest::Fstatvfs { handle },
+                ..
+            } => Access::WholeHandle {
+                handle: handle.clone(),
+            },
+            // copy-data touches two handles: order it against everything.
+            Request::Extended {
+                request: ExtendedRequest::CopyData { .. },
+                ..
+            } => Access::Barrier,
+            other if other.mutates() => Access::Barrier,
+            _ => Access::PathRead,
+        }
+    }
+
+    fn may_write(&self) -> bool {
+        match self {
+            Access::Barrier | Access::WholeHandle { .. } => true,
+            Access::Range { write, .. } => *write,
+            Access::PathRead => false,
+        }
+    }
+
+    /// Whether `later` must wait for `self` (which arrived earlier).
+    fn conflicts(&self, later: &Access) -> bool {
+        use Access::*;
+        match (self, later) {
+            (Barrier, _) | (_, Barrier) => true,
+            (PathRead, PathRead) => false,
+            (PathRead, other) | (other, PathRead) => other.may_write(),
+            (WholeHandle { handle: a }, WholeHandle { handle: b })
+            | (WholeHandle { handle: a }, Range { handle: b, .. })
+            | (Range { handle: a, .. }, WholeHandle { handle: b }) => a == b,
+            (
+                Range {
+                    handle: a,
+                    start: s1,
+                    end: e1,
+                    write: w1,
+                },
+                Range {
+                    handle: b,
+                    start: s2,
+                    end: e2,
+                    write: w2,
+                },
+            ) => a == b && (*w1 || *w2) && s1 < e2 && s2 < e1,
+        }
+    }
+}
+
+struct Entry {
+    access: Access,
+    done: Done,
+}
+
+/// The requests in flight of one session, in arrival order.
+#[derive(Default)]
+pub(crate) struct Sequencer {
+    entries: Vec<Entry>,
+}
+
+impl Sequencer {
+    /// Registers a new request: returns its completion token and the tokens of the earlier
+    /// requests it must wait for.
+    pub(crate) fn admit(&mut self, access: Access) -> (Done, Vec<Done>) {
+        self.entries.retain(|e| !e.done.is_cancelled());
+        let deps = self
+            .entries
+            .iter()
+            .filter(|e| e.access.conflicts(&access))
+            .map(|e| e.done.clone())
+            .collect();
+        let done = Done::new();
+        self.entries.push(Entry {
+            access,
+            done: done.clone(),
+        });
+        (done, deps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(h: &'static [u8], start: u64, end: u64, write: bool) -> Access {
+        Access::Range {
+            handle: Bytes::from_static(h),
+            start,
+            end,
+            write,
+        }
+    }
+
+    fn check(earlier: Access, later: Access, expected: bool) {
+        let mut s = Sequencer::default();
+        s.admit(earlier.clone());
+        let (_, deps) = s.admit(later.clone());
+        assert_eq!(deps.len() == 1, expected, "{earlier:?} then {later:?}");
+    }
+
+    #[test]
+    fn reads_never_wait_for_reads() {
+        check(range(b"h", 0, 10, false), range(b"h", 0, 10, false), false);
+    }
+    #[test]
+    fn overlapping_write_after_read_waits() {
+        check(range(b"h", 0, 10, false), range(b"h", 5, 15, true), true);
+    }
+    #[test]
+    fn overlapping_read_after_write_waits() {
+        check(range(b"h", 0, 10, true), range(b"h", 9, 15, false), true);
+    }
+    #[test]
+    fn adjacent_writes_do_not_wait() {
+        check(range(b"h", 0, 10, true), range(b"h", 10, 20, true), false);
+    }
+    #[test]
+    fn other_handles_do_not_wait() {
+        check(range(b"h", 0, 10, true), range(b"g", 0, 10, true), false);
+    }
+    #[test]
+    fn close_waits_for_its_handle() {
+        let close = Access::WholeHandle {
+            handle: Bytes::from_static(b"h"),
+        };
+        check(range(b"h", 0, 10, false), close.clone(), true);
+        check(range(b"g", 0, 10, false), close.clone(), false);
+        check(close, range(b"h", 0, 1, false), true);
+    }
+    #[test]
+    fn barriers_order_everything() {
+        check(Access::Barrier, Access::PathRead, true);
+        check(range(b"h", 0, 1, false), Access::Barrier, true);
+    }
+    #[test]
+    fn path_reads_wait_for_writes_only() {
+        check(Access::PathRead, Access::PathRead, false);
+        check(range(b"h", 0, 1, false), Access::PathRead, false);
+        check(range(b"h", 0, 1, true), Access::PathRead, true);
+        check(Access::PathRead, range(b"h", 0, 1, true), true);
+    }
+    #[test]
+    fn finished_requests_are_forgotten() {
+        let mut s = Sequencer::default();
+        let (done, _) = s.admit(Access::Barrier);
+        done.cancel();
+        let (_, deps) = s.admit(Access::Barrier);
+        assert!(deps.is_empty());
+        assert_eq!(s.entries.len(), 1);
+    }
+    #[test]
+    fn append_writes_are_ordered() {
+        let req = |offset| Request::Write {
+            id: 1,
+            handle: Bytes::from_static(b"h"),
+            offset,
+            data: Bytes::from_static(b"x"),
+        };
+        let a = Access::of(&req(0), |_| true);
+        let b = Access::of(&req(100), |_| true);
+        check(a, b, true);
+    }
+}

@@ -1,0 +1,160 @@
+//! The storage traits: a session's [`Filesystem`], its open [`File`]s and [`Dir`]s.
+
+use bytes::{Bytes, BytesMut};
+use sftpgate_proto::{FileAttributes, OpenFlags, StatvfsReply, UsersGroupsReply};
+
+use crate::error::FsError;
+use crate::path::VPath;
+use crate::session::EndReason;
+
+/// How RENAME treats an existing destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameMode {
+    /// SSH_FXP_RENAME: fail with [`FsError::AlreadyExists`] if the destination exists, as
+    /// OpenSSH's sftp-server does.
+    NoReplace,
+    /// `posix-rename@openssh.com`: replace the destination atomically.
+    Replace,
+}
+
+/// One directory entry as READDIR returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The bare name.
+    pub name: Bytes,
+    /// Its attributes (as `lstat`: a symlink is reported as a link).
+    pub attrs: FileAttributes,
+    /// Number of hard links, for the `ls -l` longname.
+    pub nlink: u64,
+}
+
+/// A session's storage. Created by the SFTP factory when a client opens the `sftp`
+/// subsystem; every method may be called concurrently by the server's dispatcher.
+///
+/// Paths are [`VPath`]s: absolute and normalised, with `..` already resolved lexically. The
+/// backend maps them into its own namespace and must keep every access inside it, including
+/// through symlinks and the destinations of rename, link and symlink.
+#[async_trait::async_trait]
+pub trait Filesystem: Send + Sync + 'static {
+    /// Opens (and with `CREAT` creates) a file. `attrs` carries the permissions for a new
+    /// file.
+    async fn open(
+        &self,
+        path: &VPath,
+        flags: OpenFlags,
+        attrs: &FileAttributes,
+    ) -> Result<Box<dyn File>, FsError>;
+
+    /// Opens a directory for listing.
+    async fn opendir(&self, path: &VPath) -> Result<Box<dyn Dir>, FsError>;
+
+    /// Attributes, following a final symlink.
+    async fn stat(&self, path: &VPath) -> Result<FileAttributes, FsError>;
+
+    /// Attributes of the path itself, not following a final symlink.
+    async fn lstat(&self, path: &VPath) -> Result<FileAttributes, FsError>;
+
+    /// Changes size, permissions, owner or times, following a final symlink.
+    async fn setstat(&self, path: &VPath, attrs: &FileAttributes) -> Result<(), FsError>;
+
+    /// Like [`Filesystem::setstat`] without following a final symlink
+    /// (`lsetstat@openssh.com`).
+    async fn lsetstat(&self, path: &VPath, attrs: &FileAttributes) -> Result<(), FsError> {
+        let _ = (path, attrs);
+        Err(FsError::Unsupported("lsetstat".into()))
+    }
+
+    /// Removes a file (not a directory).
+    async fn remove(&self, path: &VPath) -> Result<(), FsError>;
+
+    /// Creates a directory.
+    async fn mkdir(&self, path: &VPath, attrs: &FileAttributes) -> Result<(), FsError>;
+
+    /// Removes an empty directory.
+    async fn rmdir(&self, path: &VPath) -> Result<(), FsError>;
+
+    /// Renames `from` to `to`.
+    async fn rename(&self, from: &VPath, to: &VPath, mode: RenameMode) -> Result<(), FsError>;
+
+    /// The target of a symlink, as stored.
+    async fn readlink(&self, path: &VPath) -> Result<Bytes, FsError>;
+
+    /// Creates a symlink at `link` whose target is `target`, stored as the client sent it.
+    /// Following it never leaves the session's root.
+    async fn symlink(&self, target: &[u8], link: &VPath) -> Result<(), FsError>;
+
+    /// Creates a hard link `new` to the existing file `existing`.
+    async fn hardlink(&self, existing: &VPath, new: &VPath) -> Result<(), FsError> {
+        let _ = (existing, new);
+        Err(FsError::Unsupported("hardlink".into()))
+    }
+
+    /// The canonical form of `path` for REALPATH: the backend may resolve symlinks (inside
+    /// its root). The default is the lexical path itself.
+    async fn realpath(&self, path: &VPath) -> Result<VPath, FsError> {
+        Ok(path.clone())
+    }
+
+    /// Filesystem statistics for `statvfs@openssh.com`.
+    async fn statvfs(&self, path: &VPath) -> Result<StatvfsReply, FsError> {
+        let _ = path;
+        Err(FsError::Unsupported("statvfs".into()))
+    }
+
+    /// Names for numeric user and group ids (`users-groups-by-id@openssh.com`); an empty
+    /// name where one is unknown. The default knows none.
+    async fn names_by_id(&self, uids: &[u32], gids: &[u32]) -> Result<UsersGroupsReply, FsError> {
+        Ok(UsersGroupsReply {
+            usernames: vec![Bytes::new(); uids.len()],
+            groupnames: vec![Bytes::new(); gids.len()],
+        })
+    }
+
+    /// The end of the session, awaited exactly once, after every open handle was closed,
+    /// whatever ended the session. Release here what the factory set up. Runs under the
+    /// server's exit timeout.
+    async fn exit(&self, reason: &EndReason) {
+        let _ = reason;
+    }
+}
+
+/// An open file. Reads and writes carry their offset, so several may run at once; the server
+/// never reorders overlapping requests on the same handle.
+#[async_trait::async_trait]
+pub trait File: Send + Sync + 'static {
+    /// Reads up to `len` bytes at `offset`, appending them to `buf`; returns how many were
+    /// appended. Fewer than `len` is fine (a short read); `Err(FsError::Eof)` at or past the
+    /// end of the file. The server reserves `len` bytes in `buf` first, so a backend can read
+    /// straight into its spare capacity; on error or cancellation the bytes already in `buf`
+    /// must stay as they were.
+    async fn read(&self, offset: u64, len: u32, buf: &mut BytesMut) -> Result<usize, FsError>;
+
+    /// Writes all of `data` at `offset` (ignored for files opened with `APPEND`).
+    async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError>;
+
+    /// The open file's attributes.
+    async fn stat(&self) -> Result<FileAttributes, FsError>;
+
+    /// Changes the open file's attributes.
+    async fn setstat(&self, attrs: &FileAttributes) -> Result<(), FsError>;
+
+    /// Flushes the file to stable storage (`fsync@openssh.com`).
+    async fn sync(&self) -> Result<(), FsError>;
+
+    /// Statistics of the filesystem holding the file (`fstatvfs@openssh.com`).
+    async fn statvfs(&self) -> Result<StatvfsReply, FsError> {
+        Err(FsError::Unsupported("fstatvfs".into()))
+    }
+
+    /// Closes the file. Called exactly once, after every other call on it finished; an error
+    /// here (a failed final flush, say) is reported to the client's CLOSE.
+    async fn close(&self) -> Result<(), FsError>;
+}
+
+/// An open directory being listed.
+#[async_trait::async_trait]
+pub trait Dir: Send + 'static {
+    /// The next batch of entries (including `.` and `..` where the backend has them);
+    /// an empty batch means the listing is complete.
+    async fn next_batch(&mut self) -> Result<Vec<DirEntry>, FsError>;
+}

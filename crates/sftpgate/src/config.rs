@@ -1,0 +1,418 @@
+//! `sftpgate.toml`: every setting of the server, with defaults that run on a laptop as is.
+//! Precedence, lowest first: defaults, the config file, `SFTPGATE_*` environment variables
+//! (one per key, e.g. `SFTPGATE_TIMEOUTS_SFTP_FACTORY=10s`), command-line flags.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: String,
+    /// Where state lives: host key, managed users, users' files.
+    pub data_dir: PathBuf,
+    /// The host key file; relative paths are inside `data_dir`. Generated on first start.
+    pub host_key: PathBuf,
+    /// Authentication methods offered.
+    pub auth: AuthConfig,
+    /// Lifecycle and transport timeouts.
+    pub timeouts: TimeoutsConfig,
+    /// Limits.
+    pub limits: LimitsConfig,
+    /// Users defined in this file. When empty, users live in `<data_dir>/users.toml`, which
+    /// sftpgate creates with a first user on first start.
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:2222".into(),
+            data_dir: "sftpgate-data".into(),
+            host_key: "host_ed25519_key".into(),
+            auth: AuthConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+            limits: LimitsConfig::default(),
+            users: Vec::new(),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Offer the `password` method.
+    pub password: bool,
+    /// Offer the `publickey` method.
+    pub publickey: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            password: true,
+            publickey: true,
+        }
+    }
+}
+
+/// `[timeouts]`: durations such as `"30s"`, `"2m"`, `"500ms"`; `"0s"` switches off the
+/// optional ones (`request`, `idle`, `keepalive_interval`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// Step 1: the auth-completed hook.
+    #[serde(with = "humantime_serde")]
+    pub auth_completed: Duration,
+    /// Step 2: the SFTP factory.
+    #[serde(with = "humantime_serde")]
+    pub sftp_factory: Duration,
+    /// Step 3: the session's exit.
+    #[serde(with = "humantime_serde")]
+    pub exit: Duration,
+    /// One storage operation (0: none).
+    #[serde(with = "humantime_serde")]
+    pub request: Duration,
+    /// Unauthenticated connections are closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub login_grace: Duration,
+    /// Connections without any traffic are closed after this long (0: never).
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// SSH keepalive interval (0: none).
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Unanswered keepalives before the connection is closed.
+    pub keepalive_max: usize,
+    /// On shutdown, how long sessions get to end and run their exits.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_drain: Duration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        let t = sftpgate_server::Timeouts::default();
+        TimeoutsConfig {
+            auth_completed: t.auth_completed,
+            sftp_factory: t.sftp_factory,
+            exit: t.exit,
+            request: t.request.unwrap_or(Duration::ZERO),
+            login_grace: t.login_grace,
+            idle: t.idle.unwrap_or(Duration::ZERO),
+            keepalive_interval: t.keepalive_interval.unwrap_or(Duration::ZERO),
+            keepalive_max: t.keepalive_max,
+            shutdown_drain: t.shutdown_drain,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Live connections in total.
+    pub max_connections: usize,
+    /// SFTP sessions per connection.
+    pub max_sessions_per_connection: usize,
+    /// Storage operations running at once per session (1: one at a time, like OpenSSH).
+    pub max_in_flight: usize,
+    /// Requests received but not answered per session.
+    pub max_outstanding: usize,
+    /// Open handles per session.
+    pub max_handles: usize,
+    /// Largest READ answered at once, bytes.
+    pub max_read: u32,
+    /// Largest WRITE accepted, bytes.
+    pub max_write: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = sftpgate_server::Limits::default();
+        LimitsConfig {
+            max_connections: l.max_connections,
+            max_sessions_per_connection: l.max_sessions_per_connection,
+            max_in_flight: l.max_in_flight,
+            max_outstanding: l.max_outstanding,
+            max_handles: l.max_handles,
+            max_read: l.max_read,
+            max_write: l.max_write,
+        }
+    }
+}
+
+/// `[[users]]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Login name.
+    pub name: String,
+    /// argon2id hash (PHC string) of the password; absent: no password login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    /// Public keys, one OpenSSH `authorized_keys` line each.
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
+    /// The user's root directory; absent: `<data_dir>/files/<name>`. Relative paths are
+    /// inside `data_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads `path` (when given), then applies `SFTPGATE_*` variables from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let mut value = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<toml::Table>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut value, env)?;
+        let config: Config = toml::Value::Table(value)
+            .try_into()
+            .with_context(|| match path {
+                Some(p) => format!(
+                    "invalid settings in {} or SFTPGATE_* variables",
+                    p.display()
+                ),
+                None => "invalid settings in SFTPGATE_* variables".to_owned(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.limits.max_in_flight == 0 {
+            bail!("limits.max_in_flight must be at least 1");
+        }
+        if self.limits.max_read == 0 || self.limits.max_write == 0 {
+            bail!("limits.max_read and limits.max_write must be positive");
+        }
+        if self.limits.max_read > 1 << 20 || self.limits.max_write > 1 << 20 {
+            bail!("limits.max_read and limits.max_write can be at most 1 MiB");
+        }
+        let mut names = std::collections::HashSet::new();
+        for user in &self.users {
+            if user.name.is_empty() {
+                bail!("a [[users]] entry has an empty name");
+            }
+            if !names.insert(&user.name) {
+                bail!("user {:?} is defined twice", user.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The host key's path.
+    pub fn host_key_path(&self) -> PathBuf {
+        self.data_dir.join(&self.host_key)
+    }
+
+    /// The server settings these stand for.
+    pub fn server_timeouts(&self) -> sftpgate_server::Timeouts {
+        let t = &self.timeouts;
+        let optional = |d: Duration| (!d.is_zero()).then_some(d);
+        sftpgate_server::Timeouts {
+            auth_completed: t.auth_completed,
+            sftp_factory: t.sftp_factory,
+            exit: t.exit,
+            request: optional(t.request),
+            login_grace: t.login_grace,
+            idle: optional(t.idle),
+            keepalive_interval: optional(t.keepalive_interval),
+            keepalive_max: t.keepalive_max,
+            shutdown_drain: t.shutdown_drain,
+        }
+    }
+
+    /// The server limits these stand for.
+    pub fn server_limits(&self) -> sftpgate_server::Limits {
+        let l = &self.limits;
+        let max_packet = l.max_read.max(l.max_write) + 1024;
+        sftpgate_server::Limits {
+            max_connections: l.max_connections,
+            max_sessions_per_connection: l.max_sessions_per_connection,
+            max_in_flight: l.max_in_flight,
+            max_outstanding: l.max_outstanding,
+            max_handles: l.max_handles,
+            max_read: l.max_read,
+            max_write: l.max_write,
+            max_packet,
+            ..sftpgate_server::Limits::default()
+        }
+    }
+}
+
+/// Every key of the configuration as a dotted path, from the defaults (so that the list of
+/// environment variables cannot drift from the struct). `users` is a list and is left out.
+pub fn keys() -> Vec<String> {
+    let defaults = toml::Table::try_from(Config::default()).expect("the defaults serialize");
+    let mut keys = Vec::new();
+    collect_keys(&defaults, "", &mut keys);
+    keys
+}
+
+/// The environment variable that sets a dotted key: `timeouts.exit` → `SFTPGATE_TIMEOUTS_EXIT`.
+pub fn env_var(key: &str) -> String {
+    format!("SFTPGATE_{}", key.replace('.', "_").to_uppercase())
+}
+
+fn collect_keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in table {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => collect_keys(t, &path, out),
+            toml::Value::Array(_) => {}
+            _ => out.push(path),
+        }
+    }
+}
+
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl Iterator<Item = (String, String)>,
+) -> anyhow::Result<()> {
+    let known: Vec<(String, String)> = keys().into_iter().map(|k| (env_var(&k), k)).collect();
+    for (name, raw) in env {
+        if !name.starts_with("SFTPGATE_") {
+            continue;
+        }
+        let Some((_, key)) = known.iter().find(|(var, _)| *var == name) else {
+            continue; // flags' own variables (SFTPGATE_CONFIG, …) and unknown ones
+        };
+        // A number or boolean where the default is one; a string otherwise.
+        let value = match raw.parse::<i64>() {
+            Ok(n) => toml::Value::Integer(n),
+            Err(_) => match raw.as_str() {
+                "true" => toml::Value::Boolean(true),
+                "false" => toml::Value::Boolean(false),
+                _ => toml::Value::String(raw.clone()),
+            },
+        };
+        set(table, key, value);
+    }
+    Ok(())
+}
+
+fn set(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        None => {
+            table.insert(key.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let child = table
+                .entry(head.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(child) = child {
+                set(child, rest, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        assert_eq!(Config::load(None, env(&[])).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sftpgate.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\n[timeouts]\nexit = \"5s\"\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&path),
+            env(&[
+                ("SFTPGATE_TIMEOUTS_EXIT", "7s"),
+                ("SFTPGATE_LIMITS_MAX_HANDLES", "9"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:1");
+        assert_eq!(config.timeouts.exit, Duration::from_secs(7));
+        assert_eq!(config.limits.max_handles, 9);
+    }
+
+    #[test]
+    fn every_key_has_a_variable() {
+        let keys = keys();
+        assert!(keys.contains(&"timeouts.sftp_factory".to_owned()));
+        assert!(keys.contains(&"listen".to_owned()));
+        assert_eq!(
+            env_var("timeouts.sftp_factory"),
+            "SFTPGATE_TIMEOUTS_SFTP_FACTORY"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[timeouts]\nexitt = \"5s\"\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&path), env(&[])).unwrap_err());
+        assert!(err.contains("exitt"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_an_error() {
+        let err = format!(
+            "{:#}",
+            Config::load(None, env(&[("SFTPGATE_TIMEOUTS_EXIT", "soon")])).unwrap_err()
+        );
+        assert!(err.contains("exit") || err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn zero_switches_optional_timeouts_off() {
+        let config = Config::load(None, env(&[("SFTPGATE_TIMEOUTS_IDLE", "0s")])).unwrap();
+        assert_eq!(config.server_timeouts().idle, None);
+        assert_eq!(config.server_timeouts().request, None);
+    }
+
+    #[test]
+    fn duplicate_users_refused() {
+        let mut config = Config::default();
+        let user = UserConfig {
+            name: "a".into(),
+            password_hash: None,
+            authorized_keys: vec![],
+            root: None,
+        };
+        config.users = vec![user.clone(), user];
+        assert!(config.validate().is_err());
+    }
+}
