@@ -17,7 +17,8 @@ pub struct ServerConfig {
     pub timeouts: Timeouts,
     /// Limits per connection and per session.
     pub limits: Limits,
-    /// Whether the `password` method is offered.
+    /// Whether the `password` method is offered (and `keyboard-interactive` with a single
+    /// password prompt, for clients that only speak that).
     pub password_auth: bool,
     /// Whether the `publickey` method is offered.
     pub publickey_auth: bool,
@@ -56,7 +57,9 @@ pub struct Timeouts {
     pub keepalive_interval: Option<Duration>,
     /// Unanswered keepalives after which the connection is closed.
     pub keepalive_max: usize,
-    /// On shutdown, how long live sessions get to end and run their exits.
+    /// On shutdown, how long live sessions get to end and run their exits. Each session
+    /// gives its requests in flight a quarter of it (at most 5 s) to finish, then closes its
+    /// handles and runs its exit (each bounded by `exit`): keep it above twice `exit`.
     pub shutdown_drain: Duration,
 }
 
@@ -65,13 +68,13 @@ impl Default for Timeouts {
         Timeouts {
             auth_completed: Duration::from_secs(30),
             sftp_factory: Duration::from_secs(60),
-            exit: Duration::from_secs(30),
+            exit: Duration::from_secs(20),
             request: None,
             login_grace: Duration::from_secs(120),
             idle: Some(Duration::from_secs(600)),
             keepalive_interval: Some(Duration::from_secs(60)),
             keepalive_max: 3,
-            shutdown_drain: Duration::from_secs(30),
+            shutdown_drain: Duration::from_secs(45),
         }
     }
 }
@@ -134,6 +137,7 @@ impl ServerConfig {
         }
         if self.password_auth {
             methods.push(MethodKind::Password);
+            methods.push(MethodKind::KeyboardInteractive);
         }
         let preferred = russh::Preferred {
             cipher: std::borrow::Cow::Owned(vec![

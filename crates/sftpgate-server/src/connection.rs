@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::config::ServerConfig;
+use crate::events::{Event, EventSink};
 use crate::hooks::{
     AuthMethod, Authenticator, ConnectionId, ConnectionInfo, Hooks, SessionId, SftpContext,
     SftpFactory,
@@ -33,6 +34,7 @@ pub(crate) struct Shared<A, H, F> {
     pub(crate) factory: Arc<F>,
     pub(crate) tracker: TaskTracker,
     pub(crate) next_session: AtomicU64,
+    pub(crate) events: Arc<dyn EventSink>,
 }
 
 /// The message shown to clients that ask for anything but SFTP.
@@ -110,10 +112,19 @@ where
         metrics::counter!("sftpgate_auth_attempts_total", "method" => method, "result" => "rejected")
             .increment(1);
         tracing::info!(parent: &self.span, user, method, "authentication rejected");
+        self.shared.events.emit(Event::LoginFailed {
+            peer: self.peer,
+            user: user.to_owned(),
+            method,
+        });
         Auth::reject()
     }
 
     /// Refuses a channel request with a message on the channel's stderr.
+    ///
+    /// The request is accepted and then ended with exit status 1: OpenSSH's client treats a
+    /// failure reply on its main channel as fatal at once and would exit before printing
+    /// the message that arrived just ahead of it.
     fn refuse_channel(
         &mut self,
         channel: ChannelId,
@@ -121,9 +132,11 @@ where
         session: &mut Session,
     ) -> Result<(), russh::Error> {
         tracing::info!(parent: &self.span, what, "refused a non-SFTP channel request");
-        session.extended_data(channel, 1, SFTP_ONLY.as_bytes().to_vec())?;
-        session.channel_failure(channel)?;
         self.channels.remove(&channel);
+        session.channel_success(channel)?;
+        session.extended_data(channel, 1, SFTP_ONLY.as_bytes().to_vec())?;
+        session.exit_status_request(channel, 1)?;
+        session.eof(channel)?;
         session.close(channel)?;
         Ok(())
     }
@@ -147,6 +160,35 @@ where
             Ok(self.accept(user, AuthMethod::Password))
         } else {
             Ok(self.reject(user, "password"))
+        }
+    }
+
+    /// Keyboard-interactive with a single password prompt, for clients that only speak
+    /// that method; checked like a password.
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let Some(mut answers) = response else {
+            return Ok(Auth::Partial {
+                name: "".into(),
+                instructions: "".into(),
+                prompts: vec![("Password: ".into(), false)].into(),
+            });
+        };
+        let password = answers.next().unwrap_or_default();
+        let password = String::from_utf8_lossy(&password);
+        if self
+            .shared
+            .authenticator
+            .password(user, &password, self.peer)
+            .await
+        {
+            Ok(self.accept(user, AuthMethod::KeyboardInteractive))
+        } else {
+            Ok(self.reject(user, "keyboard-interactive"))
         }
     }
 
@@ -215,6 +257,9 @@ where
                     .record(elapsed.as_secs_f64());
                 tracing::info!(parent: &self.span, user = %info.user, method = info.method.name(), ?elapsed, "authenticated");
                 self.authenticated.store(true, Ordering::SeqCst);
+                self.shared.events.emit(Event::Login {
+                    connection: info.clone(),
+                });
                 self.state = State::Ready {
                     info,
                     state: Arc::new(state),
@@ -301,6 +346,7 @@ where
             shutdown: self.shutdown.child_token(),
             tracker: self.shared.tracker.clone(),
             connection_end: self.connection_end.clone(),
+            events: self.shared.events.clone(),
         };
         let task = sftp::run(self.shared.factory.clone(), params).instrument(span);
         self.shared.tracker.spawn(self.sessions.track_future(task));

@@ -34,6 +34,7 @@
 mod config;
 mod connection;
 mod error;
+mod events;
 mod hooks;
 mod lifecycle;
 mod server;
@@ -41,6 +42,7 @@ mod sftp;
 
 pub use config::{Limits, ServerConfig, Timeouts};
 pub use error::Error;
+pub use events::{Event, EventSink, FileOp, NoEvents};
 pub use hooks::{
     AuthMethod, Authenticator, Cleanup, ConnectionId, ConnectionInfo, HookError, Hooks, NoHooks,
     SessionId, SftpContext, SftpFactory,

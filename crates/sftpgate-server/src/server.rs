@@ -18,10 +18,15 @@ use tracing::Instrument as _;
 use crate::config::ServerConfig;
 use crate::connection::{Connection, Shared};
 use crate::error::Error;
+use crate::events::{EventSink, NoEvents};
 use crate::hooks::{Authenticator, ConnectionId, Hooks, SftpFactory};
 
 /// How long a connection gets to say goodbye once it has been told to end.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
+/// Connections over the limit that are told so at once; past this they are just closed.
+const MAX_REFUSALS: usize = 32;
+/// How long telling one of them may take.
+const REFUSAL_TIME: Duration = Duration::from_secs(10);
 
 /// An SFTP server: an authenticator, the lifecycle hooks and the SFTP factory, served on a
 /// TCP listener until [`ShutdownHandle::shutdown`] is called.
@@ -45,6 +50,7 @@ pub struct Server<A, H, F> {
     russh: Arc<russh::server::Config>,
     shutdown: CancellationToken,
     connections: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
     next_connection: AtomicU64,
 }
 
@@ -94,12 +100,23 @@ where
                 factory: Arc::new(factory),
                 tracker: TaskTracker::new(),
                 next_session: AtomicU64::new(1),
+                events: Arc::new(NoEvents),
             }),
             russh,
             shutdown: CancellationToken::new(),
             connections,
+            refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
             next_connection: AtomicU64::new(1),
         })
+    }
+
+    /// Sends every [`Event`](crate::Event) to `sink` (none are sent by default).
+    pub fn with_events(mut self, sink: impl EventSink) -> Self {
+        // Nothing else holds the shared state before `run`.
+        Arc::get_mut(&mut self.shared)
+            .expect("only `run` shares the server's state, and it consumes the server")
+            .events = Arc::new(sink);
+        self
     }
 
     /// A handle that shuts the server down.
@@ -154,6 +171,7 @@ where
             metrics::counter!("sftpgate_connections_rejected_total", "reason" => "max_connections")
                 .increment(1);
             tracing::warn!(%peer, "connection limit reached; connection refused");
+            self.refuse(stream);
             return;
         };
         metrics::counter!("sftpgate_connections_total").increment(1);
@@ -176,6 +194,49 @@ where
             }
             .instrument(span),
         );
+    }
+}
+
+impl<A, H, F> Server<A, H, F> {
+    /// Tells a client over the connection limit why it is turned away: key exchange, then
+    /// an SSH DISCONNECT "too many connections" (which OpenSSH prints). Boundedly many at
+    /// once, each bounded in time; past that the connection is just closed.
+    fn refuse(&self, stream: TcpStream) {
+        let Ok(slot) = self.refusals.clone().try_acquire_owned() else {
+            return;
+        };
+        let russh = self.russh.clone();
+        self.shared.tracker.spawn(async move {
+            let refuse = async {
+                let running = russh::server::run_stream(russh, stream, Refuse).await?;
+                let _ = running
+                    .handle()
+                    .disconnect(
+                        Disconnect::TooManyConnections,
+                        "too many connections; try again later".into(),
+                        String::new(),
+                    )
+                    .await;
+                running.await
+            };
+            let _ = tokio::time::timeout(REFUSAL_TIME, refuse).await;
+            drop(slot);
+        });
+    }
+}
+
+/// The handler of a refused connection: it authenticates nobody.
+struct Refuse;
+
+impl russh::server::Handler for Refuse {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        _offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<russh::server::Auth, Self::Error> {
+        Ok(russh::server::Auth::reject())
     }
 }
 

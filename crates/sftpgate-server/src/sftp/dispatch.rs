@@ -2,6 +2,7 @@
 //! session's [`Filesystem`], and every failure onto a STATUS with the right code and a
 //! message a person can act on.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,8 @@ use sftpgate_vfs::{Filesystem, FsError, RenameMode, VPath};
 
 use super::handles::{DirHandle, FileHandle, Handle, HandleTable};
 use crate::config::Limits;
+use crate::events::{Event, EventSink, FileOp};
+use crate::hooks::{ConnectionInfo, SessionId};
 
 /// The extensions announced in VERSION, with OpenSSH's version strings.
 pub(crate) const EXTENSIONS: &[(&str, &str)] = &[
@@ -43,6 +46,27 @@ pub(crate) struct Dispatcher {
     pub(crate) user: String,
     pub(crate) limits: Limits,
     pub(crate) request_timeout: Option<Duration>,
+    pub(crate) events: Arc<dyn EventSink>,
+    pub(crate) connection: Arc<ConnectionInfo>,
+    pub(crate) session: SessionId,
+    pub(crate) stats: Stats,
+}
+
+/// File bytes moved by a session.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl Stats {
+    /// (written by the client, read by the client)
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        (
+            self.bytes_in.load(Ordering::Relaxed),
+            self.bytes_out.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Dispatcher {
@@ -86,6 +110,8 @@ impl Dispatcher {
                     file,
                     path,
                     flags: pflags,
+                    written: AtomicU64::new(0),
+                    read: AtomicU64::new(0),
                 }));
                 self.reply_handle(id, handle, out).await
             }
@@ -99,7 +125,7 @@ impl Dispatcher {
             }
             Request::Close { handle, .. } => {
                 match self.handles.remove(&handle)? {
-                    Handle::File(f) => f.file.close().await?,
+                    Handle::File(f) => self.close_file(&f).await?,
                     Handle::Dir(_) => {}
                 }
                 ok(out, id);
@@ -123,6 +149,8 @@ impl Dispatcher {
                 }
                 // The backend appended exactly n bytes: patch the lengths in the header.
                 debug_assert_eq!(out.len() - data_at, n);
+                file.read.fetch_add(n as u64, Ordering::Relaxed);
+                self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                 let mut header = BytesMut::with_capacity(13);
                 encode_data_header(&mut header, id, n);
                 out[header_at..data_at].copy_from_slice(&header);
@@ -145,7 +173,10 @@ impl Dispatcher {
                         .into(),
                     ));
                 }
+                let n = data.len() as u64;
                 file.file.write(offset, data).await?;
+                file.written.fetch_add(n, Ordering::Relaxed);
+                self.stats.bytes_in.fetch_add(n, Ordering::Relaxed);
                 ok(out, id);
                 Ok(())
             }
@@ -165,12 +196,18 @@ impl Dispatcher {
                 Ok(())
             }
             Request::Setstat { path, attrs, .. } => {
-                self.fs.setstat(&self.path(&path)?, &attrs).await?;
+                let path = self.path(&path)?;
+                self.fs.setstat(&path, &attrs).await?;
+                self.emit(FileOp::Setstat { path });
                 ok(out, id);
                 Ok(())
             }
             Request::Fsetstat { handle, attrs, .. } => {
-                self.handles.file(&handle)?.file.setstat(&attrs).await?;
+                let file = self.handles.file(&handle)?;
+                file.file.setstat(&attrs).await?;
+                self.emit(FileOp::Setstat {
+                    path: file.path.clone(),
+                });
                 ok(out, id);
                 Ok(())
             }
@@ -201,17 +238,23 @@ impl Dispatcher {
                 Ok(())
             }
             Request::Remove { filename, .. } => {
-                self.fs.remove(&self.path(&filename)?).await?;
+                let path = self.path(&filename)?;
+                self.fs.remove(&path).await?;
+                self.emit(FileOp::Remove { path });
                 ok(out, id);
                 Ok(())
             }
             Request::Mkdir { path, attrs, .. } => {
-                self.fs.mkdir(&self.path(&path)?, &attrs).await?;
+                let path = self.path(&path)?;
+                self.fs.mkdir(&path, &attrs).await?;
+                self.emit(FileOp::Mkdir { path });
                 ok(out, id);
                 Ok(())
             }
             Request::Rmdir { path, .. } => {
-                self.fs.rmdir(&self.path(&path)?).await?;
+                let path = self.path(&path)?;
+                self.fs.rmdir(&path).await?;
+                self.emit(FileOp::Rmdir { path });
                 ok(out, id);
                 Ok(())
             }
@@ -225,6 +268,7 @@ impl Dispatcher {
             } => {
                 let (from, to) = (self.path(&oldpath)?, self.path(&newpath)?);
                 self.fs.rename(&from, &to, RenameMode::NoReplace).await?;
+                self.emit(FileOp::Rename { from, to });
                 ok(out, id);
                 Ok(())
             }
@@ -243,7 +287,12 @@ impl Dispatcher {
                         "symlink target contains a NUL byte".into(),
                     ));
                 }
-                self.fs.symlink(&targetpath, &self.path(&linkpath)?).await?;
+                let link = self.path(&linkpath)?;
+                self.fs.symlink(&targetpath, &link).await?;
+                self.emit(FileOp::Symlink {
+                    link,
+                    target: String::from_utf8_lossy(&targetpath).into_owned(),
+                });
                 ok(out, id);
                 Ok(())
             }
@@ -261,6 +310,7 @@ impl Dispatcher {
             ExtendedRequest::PosixRename { oldpath, newpath } => {
                 let (from, to) = (self.path(&oldpath)?, self.path(&newpath)?);
                 self.fs.rename(&from, &to, RenameMode::Replace).await?;
+                self.emit(FileOp::Rename { from, to });
                 ok(out, id);
             }
             ExtendedRequest::Statvfs { path } => {
@@ -276,8 +326,9 @@ impl Dispatcher {
                 extended_reply(out, id, data);
             }
             ExtendedRequest::Hardlink { oldpath, newpath } => {
-                let (existing, new) = (self.path(&oldpath)?, self.path(&newpath)?);
-                self.fs.hardlink(&existing, &new).await?;
+                let (existing, link) = (self.path(&oldpath)?, self.path(&newpath)?);
+                self.fs.hardlink(&existing, &link).await?;
+                self.emit(FileOp::Hardlink { existing, link });
                 ok(out, id);
             }
             ExtendedRequest::Fsync { handle } => {
@@ -285,7 +336,9 @@ impl Dispatcher {
                 ok(out, id);
             }
             ExtendedRequest::Lsetstat { path, attrs } => {
-                self.fs.lsetstat(&self.path(&path)?, &attrs).await?;
+                let path = self.path(&path)?;
+                self.fs.lsetstat(&path, &attrs).await?;
+                self.emit(FileOp::Setstat { path });
                 ok(out, id);
             }
             ExtendedRequest::Limits => {
@@ -403,6 +456,43 @@ impl Dispatcher {
             return Err(FsError::Eof);
         }
         Ok(())
+    }
+
+    /// Closes a file the client is done with and reports what it was used for.
+    async fn close_file(&self, handle: &FileHandle) -> Result<(), FsError> {
+        let written = handle.written.load(Ordering::Relaxed);
+        let read = handle.read.load(Ordering::Relaxed);
+        let wrote = handle
+            .flags
+            .intersects(OpenFlags::WRITE | OpenFlags::APPEND)
+            && (written > 0 || handle.flags.intersects(OpenFlags::CREAT | OpenFlags::TRUNC));
+        let size = if wrote {
+            handle.file.stat().await.ok().and_then(|a| a.size)
+        } else {
+            None
+        };
+        handle.file.close().await?;
+        if wrote {
+            self.emit(FileOp::Upload {
+                path: handle.path.clone(),
+                size: size.unwrap_or(written),
+                bytes: written,
+            });
+        } else if read > 0 {
+            self.emit(FileOp::Download {
+                path: handle.path.clone(),
+                bytes: read,
+            });
+        }
+        Ok(())
+    }
+
+    fn emit(&self, op: FileOp) {
+        self.events.emit(Event::File {
+            connection: self.connection.clone(),
+            session: self.session,
+            op,
+        });
     }
 
     async fn reply_handle(

@@ -2,6 +2,7 @@
 //! and directories, bounded in number, and all closed when the session ends.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -13,6 +14,10 @@ pub(crate) struct FileHandle {
     pub(crate) file: Box<dyn File>,
     pub(crate) path: VPath,
     pub(crate) flags: OpenFlags,
+    /// Bytes written through this handle.
+    pub(crate) written: AtomicU64,
+    /// Bytes read through this handle.
+    pub(crate) read: AtomicU64,
 }
 
 /// An open directory listing.

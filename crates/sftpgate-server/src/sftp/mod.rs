@@ -40,6 +40,7 @@ use tracing::Instrument as _;
 pub(crate) use handles::HandleTable;
 
 use crate::config::ServerConfig;
+use crate::events::{Event, EventSink};
 use crate::hooks::{Cleanup, SftpContext, SftpFactory};
 use crate::lifecycle::{Exit, ExitGuard};
 use dispatch::Dispatcher;
@@ -53,6 +54,8 @@ const MAX_EARLY_BYTES: usize = 1 << 20;
 const END_REASON_WAIT: Duration = Duration::from_secs(5);
 /// How long in-flight requests get to finish once the session ends.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// At most this long on shutdown (see `Timeouts::shutdown_drain`).
+const SHUTDOWN_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// Everything one session task needs.
 pub(crate) struct SessionParams<S> {
@@ -63,6 +66,7 @@ pub(crate) struct SessionParams<S> {
     pub(crate) tracker: TaskTracker,
     /// Set by the connection task when the SSH connection has ended, with the reason.
     pub(crate) connection_end: watch::Receiver<Option<EndReason>>,
+    pub(crate) events: Arc<dyn EventSink>,
 }
 
 /// Runs one session from the factory to the exit. Panics are caught and logged; the exit
@@ -92,6 +96,7 @@ where
         shutdown,
         tracker,
         mut connection_end,
+        events,
     } = params;
     let (mut reader, writer) = channel.split();
     let writer = Arc::new(writer);
@@ -172,15 +177,25 @@ where
         tracker,
     );
     metrics::gauge!("sftpgate_sftp_sessions_open").increment(1.0);
+    let served_since = Instant::now();
+    events.emit(Event::SessionStarted {
+        connection: ctx.connection.clone(),
+        session: ctx.session,
+    });
+    let dispatcher = Arc::new(Dispatcher {
+        fs,
+        handles: handles.clone(),
+        home: VPath::root(),
+        user: ctx.connection.user.clone(),
+        limits: config.limits.clone(),
+        request_timeout: timeouts.request,
+        events: events.clone(),
+        connection: ctx.connection.clone(),
+        session: ctx.session,
+        stats: Default::default(),
+    });
     let serving = Serving {
-        dispatcher: Arc::new(Dispatcher {
-            fs,
-            handles: handles.clone(),
-            home: VPath::root(),
-            user: ctx.connection.user.clone(),
-            limits: config.limits.clone(),
-            request_timeout: timeouts.request,
-        }),
+        dispatcher: dispatcher.clone(),
         config: config.clone(),
         shutdown,
     };
@@ -201,8 +216,32 @@ where
         let _ = writer.eof().await;
         let _ = writer.close().await;
     }
-    guard.close(reason).await;
+    let exit_started = Instant::now();
+    guard.close(reason.clone()).await;
     metrics::gauge!("sftpgate_sftp_sessions_open").decrement(1.0);
+    let (bytes_in, bytes_out) = dispatcher.stats.totals();
+    let duration = served_since.elapsed();
+    metrics::counter!("sftpgate_bytes_in_total").increment(bytes_in);
+    metrics::counter!("sftpgate_bytes_out_total").increment(bytes_out);
+    metrics::histogram!("sftpgate_sftp_session_duration_seconds").record(duration.as_secs_f64());
+    tracing::info!(
+        user = %ctx.connection.user,
+        peer = %ctx.connection.peer,
+        reason = %reason,
+        ?duration,
+        bytes_in,
+        bytes_out,
+        exit_latency = ?exit_started.elapsed(),
+        "session ended"
+    );
+    events.emit(Event::SessionEnded {
+        connection: ctx.connection.clone(),
+        session: ctx.session,
+        reason,
+        duration,
+        bytes_in,
+        bytes_out,
+    });
 }
 
 enum FactoryOutcome {
@@ -366,11 +405,17 @@ impl Serving {
         };
 
         // Let requests in flight finish (their storage operations release what they hold),
-        // then send what they answered unless the client is gone.
-        let drained = tokio::time::timeout(DRAIN_LIMIT, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        // then send what they answered unless the client is gone. On shutdown they get only
+        // a part of the server's drain time, so that closing the handles and the exit still
+        // fit in it.
+        let limit = match reason {
+            EndReason::Shutdown => {
+                SHUTDOWN_DRAIN_LIMIT.min(self.config.timeouts.shutdown_drain / 4)
+            }
+            _ => DRAIN_LIMIT,
+        };
+        let drained =
+            tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!(
                 left = tasks.len(),
@@ -380,7 +425,7 @@ impl Serving {
         }
         drop(replies);
         if !matches!(reason, EndReason::ConnectionLost { .. }) && !writer_task.is_finished() {
-            let _ = tokio::time::timeout(DRAIN_LIMIT, &mut writer_task).await;
+            let _ = tokio::time::timeout(limit, &mut writer_task).await;
         }
         reason
     }

@@ -1,0 +1,241 @@
+//! Pipelined requests on one session: every request answered exactly once, overlapping
+//! requests on a handle in order, independent ones concurrently within `max_in_flight`.
+//!
+//! The timing assertions are correctness checks of concurrency with wide margins (32 reads
+//! of 50 ms each must overlap, or must not), not benchmarks.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use sftpgate_proto::{OpenFlags, Request, Response, StatusCode};
+use sftpgate_server::Limits;
+
+const CHUNK: usize = 8 * 1024;
+
+fn chunk(i: usize) -> Vec<u8> {
+    (0..CHUNK).map(|j| ((i * 31 + j) % 253) as u8).collect()
+}
+
+/// Sends `requests` back to back from another task (so replies are read meanwhile) and
+/// collects one reply per request, keyed by id; panics on a duplicate or unknown id.
+async fn pipeline(
+    sftp: &mut SftpChannel,
+    requests: Vec<Request>,
+) -> (HashMap<u32, Response>, Vec<u32>) {
+    let expected: Vec<u32> = requests.iter().map(|r| r.id().expect("an id")).collect();
+    let writer = sftp.writer();
+    let sender = tokio::spawn(async move {
+        let mut out = bytes::BytesMut::new();
+        for request in &requests {
+            request.encode(&mut out);
+        }
+        writer
+            .data_bytes(out.freeze())
+            .await
+            .expect("send the pipeline");
+    });
+    let mut replies = HashMap::new();
+    let mut order = Vec::new();
+    while replies.len() < expected.len() {
+        let reply = sftp.recv().await.expect("channel closed mid-pipeline");
+        let id = reply.id().expect("a reply id");
+        assert!(
+            expected.contains(&id),
+            "reply to an id never sent: {reply:?}"
+        );
+        order.push(id);
+        assert!(
+            replies.insert(id, reply).is_none(),
+            "id {id} answered twice"
+        );
+    }
+    bounded("the sender", sender).await.expect("sender task");
+    // Nothing else is queued: the next reply is for the next request.
+    let id = sftp.id();
+    let reply = sftp
+        .request(Request::Stat {
+            id,
+            path: Bytes::from_static(b"/"),
+        })
+        .await;
+    assert!(matches!(reply, Response::Attrs { .. }), "{reply:?}");
+    (replies, order)
+}
+
+/// 64 WRITEs then 64 READs of the same ranges, all sent before any reply is read: every id
+/// is answered exactly once and each READ sees its WRITE's data.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_writes_then_reads() {
+    let mut server = TestServer::start(Options::default()).await;
+    let (_client, mut sftp) = server.sftp_client().await;
+    let flags = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREAT | OpenFlags::TRUNC;
+    let handle = sftp.open("/pipelined", flags).await.unwrap();
+
+    let mut requests = Vec::new();
+    for i in 0..64 {
+        requests.push(Request::Write {
+            id: 1000 + i as u32,
+            handle: handle.clone(),
+            offset: (i * CHUNK) as u64,
+            data: Bytes::from(chunk(i)),
+        });
+    }
+    for i in 0..64 {
+        requests.push(Request::Read {
+            id: 2000 + i as u32,
+            handle: handle.clone(),
+            offset: (i * CHUNK) as u64,
+            len: CHUNK as u32,
+        });
+    }
+    let (replies, _order) = pipeline(&mut sftp, requests).await;
+    assert_eq!(replies.len(), 128);
+    for i in 0..64 {
+        match &replies[&(1000 + i as u32)] {
+            Response::Status { code, .. } => assert_eq!(*code, StatusCode::Ok, "WRITE {i}"),
+            other => panic!("WRITE {i}: {other:?}"),
+        }
+        match &replies[&(2000 + i as u32)] {
+            Response::Data { data, .. } => assert_eq!(&data[..], &chunk(i)[..], "READ {i}"),
+            other => panic!("READ {i}: {other:?}"),
+        }
+    }
+    sftp.close(&handle).await.unwrap();
+    let on_disk = std::fs::read(server.root.join("pipelined")).unwrap();
+    assert_eq!(on_disk.len(), 64 * CHUNK);
+    for i in 0..64 {
+        assert_eq!(&on_disk[i * CHUNK..(i + 1) * CHUNK], &chunk(i)[..]);
+    }
+    sftp.eof().await;
+    server.log.wait_exits(1).await;
+    server.stop().await;
+}
+
+/// A READ that overlaps an earlier, slow WRITE waits for it and sees its data; a READ of
+/// another range does not wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_read_waits_for_the_earlier_write() {
+    let write_delay = Duration::from_millis(300);
+    let mut server = TestServer::start(Options {
+        fs: FsBehavior {
+            write_delay: Some(write_delay),
+            ..FsBehavior::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let (_client, mut sftp) = server.sftp_client().await;
+    let flags = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREAT | OpenFlags::TRUNC;
+    let handle = sftp.open("/ordered", flags).await.unwrap();
+    // The file has 10 bytes at 100..110 before the pipelined requests.
+    sftp.write(&handle, 100, b"0123456789").await.unwrap();
+
+    let requests = vec![
+        Request::Write {
+            id: 1,
+            handle: handle.clone(),
+            offset: 0,
+            data: Bytes::from_static(b"fresh data"),
+        },
+        Request::Read {
+            id: 2,
+            handle: handle.clone(),
+            offset: 0,
+            len: 10,
+        },
+        Request::Read {
+            id: 3,
+            handle: handle.clone(),
+            offset: 100,
+            len: 10,
+        },
+    ];
+    let (replies, order) = pipeline(&mut sftp, requests).await;
+    match &replies[&2] {
+        Response::Data { data, .. } => assert_eq!(&data[..], b"fresh data"),
+        other => panic!("READ after WRITE: {other:?}"),
+    }
+    match &replies[&3] {
+        Response::Data { data, .. } => assert_eq!(&data[..], b"0123456789"),
+        other => panic!("independent READ: {other:?}"),
+    }
+    let position = |id| order.iter().position(|x| *x == id).unwrap();
+    assert!(
+        position(1) < position(2),
+        "the READ was answered before its WRITE: {order:?}"
+    );
+    assert!(
+        position(3) < position(1),
+        "the independent READ waited for the WRITE: {order:?}"
+    );
+    sftp.eof().await;
+    server.log.wait_exits(1).await;
+    server.stop().await;
+}
+
+/// 32 READs at once on storage that takes 50 ms per read.
+async fn timed_concurrent_reads(limits: Limits) -> Duration {
+    let max_in_flight = limits.max_in_flight;
+    let delay = Duration::from_millis(50);
+    let mut server = TestServer::start(Options {
+        limits,
+        fs: FsBehavior {
+            read_delay: Some(delay),
+            ..FsBehavior::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    std::fs::write(server.root.join("slow"), vec![7u8; 32 * 4096]).unwrap();
+    let (_client, mut sftp) = server.sftp_client().await;
+    let handle = sftp.open("/slow", OpenFlags::READ).await.unwrap();
+    let requests = (0..32u32)
+        .map(|i| Request::Read {
+            id: 100 + i,
+            handle: handle.clone(),
+            offset: u64::from(i) * 4096,
+            len: 4096,
+        })
+        .collect();
+    let started = Instant::now();
+    let (replies, _) = pipeline(&mut sftp, requests).await;
+    let took = started.elapsed();
+    eprintln!("32 reads of 50 ms with max_in_flight {max_in_flight}: {took:?}");
+    for reply in replies.values() {
+        match reply {
+            Response::Data { data, .. } => assert_eq!(data.len(), 4096),
+            other => panic!("{other:?}"),
+        }
+    }
+    sftp.close(&handle).await.unwrap();
+    sftp.eof().await;
+    server.log.wait_exits(1).await;
+    server.stop().await;
+    took
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_on_slow_storage_run_concurrently() {
+    let took = timed_concurrent_reads(Limits::default()).await;
+    assert!(
+        took < Duration::from_millis(16 * 50),
+        "32 reads of 50 ms took {took:?}: they did not overlap"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_in_flight_one_serializes_reads() {
+    let took = timed_concurrent_reads(Limits {
+        max_in_flight: 1,
+        ..Limits::default()
+    })
+    .await;
+    assert!(
+        took >= Duration::from_millis(32 * 50),
+        "32 reads of 50 ms took {took:?} with max_in_flight = 1: they overlapped"
+    );
+}
