@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub password_auth: bool,
     /// Whether the `publickey` method is offered.
     pub publickey_auth: bool,
+    /// Which requests are served at all.
+    pub policy: RequestPolicy,
 }
 
 impl Default for ServerConfig {
@@ -33,7 +35,42 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             password_auth: true,
             publickey_auth: true,
+            policy: RequestPolicy::default(),
         }
+    }
+}
+
+/// Which requests a server serves, by name as OpenSSH's sftp-server spells them
+/// (`open`, `write`, `posix-rename@openssh.com`, …; see `Request::name`). A refused request
+/// gets PERMISSION_DENIED with a message saying so.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestPolicy {
+    /// Refuse every request that may change the filesystem (OpenSSH's `-R`).
+    pub read_only: bool,
+    /// Requests refused (OpenSSH's `-P`).
+    pub denied: Vec<String>,
+    /// When set, only these requests are served (OpenSSH's `-p`).
+    pub allowed: Option<Vec<String>>,
+}
+
+impl RequestPolicy {
+    /// Why `request` is refused, if it is.
+    pub fn refusal(&self, request: &sftpgate_proto::Request) -> Option<String> {
+        let name = request.name();
+        if self.read_only && request.mutates() {
+            return Some(format!("{name}: the server is read-only"));
+        }
+        if self.denied.iter().any(|d| d == name) {
+            return Some(format!("{name}: request denied by the server's policy"));
+        }
+        if let Some(allowed) = &self.allowed {
+            if !allowed.iter().any(|a| a == name) {
+                return Some(format!(
+                    "{name}: request not allowed by the server's policy"
+                ));
+            }
+        }
+        None
     }
 }
 
@@ -128,9 +165,10 @@ impl ServerConfig {
     /// `aes128-gcm@openssh.com` offered (russh leaves it out by default), no delay on
     /// rejecting the probing `none` method (else every OpenSSH login waits a second),
     /// `TCP_NODELAY`, a 2 MiB window (larger made loopback uploads slower).
-    pub(crate) fn russh_config(&self) -> russh::server::Config {
-        use russh::{cipher, MethodKind, MethodSet};
-
+    /// The authentication methods offered, at the start and again after every rejection
+    /// (so that a mistyped password can be retried and a second key tried).
+    pub(crate) fn methods(&self) -> russh::MethodSet {
+        use russh::MethodKind;
         let mut methods = Vec::new();
         if self.publickey_auth {
             methods.push(MethodKind::PublicKey);
@@ -139,6 +177,12 @@ impl ServerConfig {
             methods.push(MethodKind::Password);
             methods.push(MethodKind::KeyboardInteractive);
         }
+        russh::MethodSet::from(&methods[..])
+    }
+
+    pub(crate) fn russh_config(&self) -> russh::server::Config {
+        use russh::cipher;
+
         let preferred = russh::Preferred {
             cipher: std::borrow::Cow::Owned(vec![
                 cipher::AES_128_GCM,
@@ -155,7 +199,7 @@ impl ServerConfig {
                 "SSH-2.0-{}",
                 self.server_id
             ))),
-            methods: MethodSet::from(&methods[..]),
+            methods: self.methods(),
             auth_rejection_time: Duration::from_millis(500),
             auth_rejection_time_initial: Some(Duration::ZERO),
             keys: self.host_keys.clone(),

@@ -12,7 +12,7 @@ use std::time::Instant;
 use russh::keys::{HashAlg, PublicKey};
 use russh::server::{Auth, Handler, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect};
-use sftpgate_vfs::EndReason;
+use sftpgate_vfs::{EndReason, VPath};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,7 +24,7 @@ use crate::hooks::{
     AuthMethod, Authenticator, ConnectionId, ConnectionInfo, Hooks, SessionId, SftpContext,
     SftpFactory,
 };
-use crate::sftp::{self, SessionParams};
+use crate::sftp::{self, SessionCore, SessionParams};
 
 /// What every connection shares: settings, hooks, and the server's task bookkeeping.
 pub(crate) struct Shared<A, H, F> {
@@ -108,6 +108,7 @@ where
         Auth::Accept
     }
 
+    /// A rejected login attempt: logged, counted and reported as an event.
     fn reject(&self, user: &str, method: &'static str) -> Auth {
         metrics::counter!("sftpgate_auth_attempts_total", "method" => method, "result" => "rejected")
             .increment(1);
@@ -117,7 +118,17 @@ where
             user: user.to_owned(),
             method,
         });
-        Auth::reject()
+        self.decline()
+    }
+
+    /// "Not this one, try again": the full method list, since without one russh drops the
+    /// method just tried from the offer (no retry after a typo, no second key). Used alone
+    /// for key probes, which are not login attempts.
+    fn decline(&self) -> Auth {
+        Auth::Reject {
+            proceed_with_methods: Some(self.shared.config.methods()),
+            partial_success: false,
+        }
     }
 
     /// Refuses a channel request with a message on the channel's stderr.
@@ -205,7 +216,7 @@ where
         {
             Ok(Auth::Accept)
         } else {
-            Ok(self.reject(user, "publickey"))
+            Ok(self.decline())
         }
     }
 
@@ -335,18 +346,21 @@ where
         let span = tracing::info_span!(parent: &self.span, "sftp", session = %session_id, channel = u32::from(channel_id));
         metrics::counter!("sftpgate_sftp_sessions_total").increment(1);
         let params = SessionParams {
-            ctx: SftpContext {
-                connection: info.clone(),
-                session: session_id,
-                channel: u32::from(channel_id),
-                state: state.clone(),
+            core: SessionCore {
+                ctx: SftpContext {
+                    connection: info.clone(),
+                    session: session_id,
+                    channel: u32::from(channel_id),
+                    state: state.clone(),
+                },
+                config: self.shared.config.clone(),
+                shutdown: self.shutdown.child_token(),
+                tracker: self.shared.tracker.clone(),
+                events: self.shared.events.clone(),
+                start_dir: VPath::root(),
             },
             channel,
-            config: self.shared.config.clone(),
-            shutdown: self.shutdown.child_token(),
-            tracker: self.shared.tracker.clone(),
             connection_end: self.connection_end.clone(),
-            events: self.shared.events.clone(),
         };
         let task = sftp::run(self.shared.factory.clone(), params).instrument(span);
         self.shared.tracker.spawn(self.sessions.track_future(task));

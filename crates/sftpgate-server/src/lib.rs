@@ -40,7 +40,7 @@ mod lifecycle;
 mod server;
 mod sftp;
 
-pub use config::{Limits, ServerConfig, Timeouts};
+pub use config::{Limits, RequestPolicy, ServerConfig, Timeouts};
 pub use error::Error;
 pub use events::{Event, EventSink, FileOp, NoEvents};
 pub use hooks::{

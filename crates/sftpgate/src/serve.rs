@@ -27,6 +27,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let local = listener.local_addr()?;
+    // Handlers first: a signal sent as soon as the listening line is out must already mean
+    // "shut down gracefully", not the default "die".
+    let mut signals = Signals::new()?;
     if let Some(first) = &first {
         print_first_user(first, local.port());
     }
@@ -53,10 +56,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     )?;
     let stop = server.shutdown_handle();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.next().await;
         tracing::info!("signal received: shutting down (send it again to stop at once)");
         stop.shutdown();
-        wait_for_signal().await;
+        signals.next().await;
         tracing::warn!("second signal: stopping without waiting for sessions");
         std::process::exit(130);
     });
@@ -120,18 +123,25 @@ fn print_first_user(first: &FirstUser, port: u16) {
     println!("  sftp -P {port} {}@127.0.0.1", first.name);
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGINT and SIGTERM, listened for from creation on.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -15,7 +15,7 @@ use sftpgate_proto::{
 use sftpgate_vfs::{Filesystem, FsError, RenameMode, VPath};
 
 use super::handles::{DirHandle, FileHandle, Handle, HandleTable};
-use crate::config::Limits;
+use crate::config::{Limits, RequestPolicy};
 use crate::events::{Event, EventSink, FileOp};
 use crate::hooks::{ConnectionInfo, SessionId};
 
@@ -45,6 +45,7 @@ pub(crate) struct Dispatcher {
     pub(crate) home: VPath,
     pub(crate) user: String,
     pub(crate) limits: Limits,
+    pub(crate) policy: RequestPolicy,
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) events: Arc<dyn EventSink>,
     pub(crate) connection: Arc<ConnectionInfo>,
@@ -76,6 +77,10 @@ impl Dispatcher {
         let Some(id) = request.id() else {
             return; // INIT is the session's business, not a request
         };
+        if let Some(refusal) = self.policy.refusal(&request) {
+            status_error(out, id, &FsError::Forbidden(refusal.into()));
+            return;
+        }
         let result = match self.request_timeout {
             None => self.run(id, request, out).await,
             Some(limit) => match tokio::time::timeout(limit, self.run(id, request, out)).await {

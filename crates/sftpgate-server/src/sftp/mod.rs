@@ -17,6 +17,7 @@
 mod dispatch;
 mod handles;
 mod sequencer;
+pub(crate) mod transport;
 mod writer;
 
 use std::panic::AssertUnwindSafe;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use russh::server::Msg;
-use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use russh::Channel;
 use sftpgate_proto::{
     encode_status, DecodeError, Decoder, Request, Response, StatusCode, SFTP_VERSION,
 };
@@ -45,61 +46,100 @@ use crate::hooks::{Cleanup, SftpContext, SftpFactory};
 use crate::lifecycle::{Exit, ExitGuard};
 use dispatch::Dispatcher;
 use sequencer::{Access, Sequencer};
+use transport::{ChannelInlet, ChannelOutlet, Inbound, Inlet, Outlet};
 use writer::Outgoing;
 
 /// Bytes a client may send before its session has started (the factory is still running).
 /// A real client sends one INIT packet and waits.
 const MAX_EARLY_BYTES: usize = 1 << 20;
 /// How long a session whose channel vanished waits for the connection to say why.
-const END_REASON_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const END_REASON_WAIT: Duration = Duration::from_secs(5);
 /// How long in-flight requests get to finish once the session ends.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// At most this long on shutdown (see `Timeouts::shutdown_drain`).
 const SHUTDOWN_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
-/// Everything one session task needs.
+/// Everything one session task over an SSH channel needs.
 pub(crate) struct SessionParams<S> {
-    pub(crate) ctx: SftpContext<S>,
+    pub(crate) core: SessionCore<S>,
     pub(crate) channel: Channel<Msg>,
+    /// Set by the connection task when the SSH connection has ended, with the reason.
+    pub(crate) connection_end: watch::Receiver<Option<EndReason>>,
+}
+
+/// What a session needs whatever carries its bytes.
+pub(crate) struct SessionCore<S> {
+    pub(crate) ctx: SftpContext<S>,
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
-    /// Set by the connection task when the SSH connection has ended, with the reason.
-    pub(crate) connection_end: watch::Receiver<Option<EndReason>>,
     pub(crate) events: Arc<dyn EventSink>,
+    /// Where relative paths start.
+    pub(crate) start_dir: VPath,
 }
 
-/// Runs one session from the factory to the exit. Panics are caught and logged; the exit
-/// still runs (from the guard).
+/// Runs one session over an SSH channel, from the factory to the exit.
 pub(crate) async fn run<S, F>(factory: Arc<F>, params: SessionParams<S>)
 where
     S: Send + Sync + 'static,
     F: SftpFactory<S>,
 {
-    let session = params.ctx.session;
-    let run = AssertUnwindSafe(run_inner(factory, params)).catch_unwind();
-    if run.await.is_err() {
-        metrics::counter!("sftpgate_session_panics_total").increment(1);
-        tracing::error!(%session, "SFTP session panicked; its exit runs as aborted");
-    }
+    let (reader, writer) = params.channel.split();
+    let inlet = ChannelInlet {
+        reader,
+        connection_end: params.connection_end,
+    };
+    run_session(factory, params.core, inlet, ChannelOutlet(writer)).await;
 }
 
-async fn run_inner<S, F>(factory: Arc<F>, params: SessionParams<S>)
+/// Runs one session from the factory to the exit, over any transport. Panics are caught and
+/// logged; the exit still runs (from the guard).
+pub(crate) async fn run_session<S, F, I, O>(
+    factory: Arc<F>,
+    core: SessionCore<S>,
+    inlet: I,
+    outlet: O,
+) -> Option<EndReason>
 where
     S: Send + Sync + 'static,
     F: SftpFactory<S>,
+    I: Inlet,
+    O: Outlet,
 {
-    let SessionParams {
+    let session = core.ctx.session;
+    let run = AssertUnwindSafe(run_inner(factory, core, inlet, outlet)).catch_unwind();
+    match run.await {
+        Ok(reason) => reason,
+        Err(_) => {
+            metrics::counter!("sftpgate_session_panics_total").increment(1);
+            tracing::error!(%session, "SFTP session panicked; its exit runs as aborted");
+            Some(EndReason::Aborted)
+        }
+    }
+}
+
+/// Returns why the session ended, or `None` when it never started (factory failed).
+async fn run_inner<S, F, I, O>(
+    factory: Arc<F>,
+    core: SessionCore<S>,
+    mut inlet: I,
+    outlet: O,
+) -> Option<EndReason>
+where
+    S: Send + Sync + 'static,
+    F: SftpFactory<S>,
+    I: Inlet,
+    O: Outlet,
+{
+    let SessionCore {
         ctx,
-        channel,
         config,
         shutdown,
         tracker,
-        mut connection_end,
         events,
-    } = params;
-    let (mut reader, writer) = channel.split();
-    let writer = Arc::new(writer);
+        start_dir,
+    } = core;
+    let outlet = Arc::new(outlet);
     let timeouts = &config.timeouts;
 
     // Step 2: the factory, cancelled if the client leaves or the server shuts down.
@@ -113,12 +153,9 @@ where
             tokio::select! {
                 result = &mut open => break FactoryOutcome::Finished(result),
                 () = shutdown.cancelled() => break FactoryOutcome::Left(EndReason::Shutdown),
-                msg = reader.wait(), if early.len() < MAX_EARLY_BYTES => match msg {
-                    Some(ChannelMsg::Data { data }) => early.extend_from_slice(&data),
-                    Some(ChannelMsg::Eof) => break FactoryOutcome::Left(EndReason::ClientEof),
-                    Some(ChannelMsg::Close) => break FactoryOutcome::Left(EndReason::ClientClosed),
-                    Some(_) => {}
-                    None => break FactoryOutcome::Left(why_gone(&mut connection_end).await),
+                inbound = inlet.recv(), if early.len() < MAX_EARLY_BYTES => match inbound {
+                    Inbound::Data(data) => early.extend_from_slice(&data),
+                    Inbound::End(reason) => break FactoryOutcome::Left(reason),
                 },
             }
         }
@@ -137,12 +174,13 @@ where
                 .increment(1);
             tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "SFTP factory failed");
             undo(cleanup, timeouts.exit).await;
-            refuse(
-                &writer,
-                &format!("could not start the SFTP session: {}", error.message()),
-            )
-            .await;
-            return;
+            outlet
+                .refuse(&format!(
+                    "could not start the SFTP session: {}",
+                    error.message()
+                ))
+                .await;
+            return None;
         }
         FactoryOutcome::Finished(Err(_elapsed)) => {
             metrics::counter!("sftpgate_lifecycle_hook_timeouts_total", "step" => "sftp_factory")
@@ -150,18 +188,18 @@ where
             tracing::warn!(timeout = ?timeouts.sftp_factory, "SFTP factory timed out");
             undo(cleanup, timeouts.exit).await;
             let secs = timeouts.sftp_factory.as_secs_f64();
-            refuse(
-                &writer,
-                &format!("could not start the SFTP session: setup timed out after {secs} s"),
-            )
-            .await;
-            return;
+            outlet
+                .refuse(&format!(
+                    "could not start the SFTP session: setup timed out after {secs} s"
+                ))
+                .await;
+            return None;
         }
         FactoryOutcome::Left(reason) => {
             tracing::info!(reason = %reason, "session ended while the SFTP factory was running; factory cancelled");
             undo(cleanup, timeouts.exit).await;
-            let _ = writer.close().await;
-            return;
+            outlet.finish().await;
+            return None;
         }
     };
 
@@ -185,9 +223,10 @@ where
     let dispatcher = Arc::new(Dispatcher {
         fs,
         handles: handles.clone(),
-        home: VPath::root(),
+        home: start_dir,
         user: ctx.connection.user.clone(),
         limits: config.limits.clone(),
+        policy: config.policy.clone(),
         request_timeout: timeouts.request,
         events: events.clone(),
         connection: ctx.connection.clone(),
@@ -199,12 +238,10 @@ where
         config: config.clone(),
         shutdown,
     };
-    let reason = serving
-        .serve(&mut reader, &writer, early, &mut connection_end)
-        .await;
+    let reason = serving.serve(&mut inlet, &outlet, early).await;
     tracing::info!(reason = %reason, open_handles = handles.len(), "SFTP session ending");
 
-    // Close what the client left open before telling it the channel is done, then let the
+    // Close what the client left open before telling it the stream is done, then let the
     // client go and run the exit.
     if tokio::time::timeout(timeouts.exit, handles.close_all())
         .await
@@ -213,8 +250,7 @@ where
         tracing::error!("closing open handles timed out");
     }
     if !matches!(reason, EndReason::ConnectionLost { .. }) {
-        let _ = writer.eof().await;
-        let _ = writer.close().await;
+        outlet.finish().await;
     }
     let exit_started = Instant::now();
     guard.close(reason.clone()).await;
@@ -237,11 +273,12 @@ where
     events.emit(Event::SessionEnded {
         connection: ctx.connection.clone(),
         session: ctx.session,
-        reason,
+        reason: reason.clone(),
         duration,
         bytes_in,
         bytes_out,
     });
+    Some(reason)
 }
 
 enum FactoryOutcome {
@@ -265,29 +302,6 @@ async fn undo(cleanup: Cleanup, limit: Duration) {
     }
 }
 
-/// Tells the client why its session will not start (on its stderr, which OpenSSH's `sftp`
-/// prints), then closes the channel.
-async fn refuse(writer: &ChannelWriteHalf<Msg>, message: &str) {
-    let line = format!("sftpgate: {message}\r\n");
-    let _ = writer.extended_data_bytes(1, Bytes::from(line)).await;
-    let _ = writer.exit_status(1).await;
-    let _ = writer.eof().await;
-    let _ = writer.close().await;
-}
-
-/// The channel's queue ended without EOF or CLOSE: the connection is gone. Ask the
-/// connection task why.
-async fn why_gone(connection_end: &mut watch::Receiver<Option<EndReason>>) -> EndReason {
-    match tokio::time::timeout(END_REASON_WAIT, connection_end.wait_for(Option::is_some)).await {
-        Ok(Ok(reason)) => reason.clone().unwrap_or(EndReason::ConnectionLost {
-            detail: "channel closed".into(),
-        }),
-        _ => EndReason::ConnectionLost {
-            detail: "channel closed".into(),
-        },
-    }
-}
-
 /// The serving phase of one session.
 struct Serving {
     dispatcher: Arc<Dispatcher>,
@@ -304,12 +318,11 @@ struct Budgets {
 }
 
 impl Serving {
-    async fn serve(
+    async fn serve<I: Inlet, O: Outlet>(
         &self,
-        reader: &mut ChannelReadHalf,
-        writer: &Arc<ChannelWriteHalf<Msg>>,
+        inlet: &mut I,
+        outlet: &Arc<O>,
         mut input: BytesMut,
-        connection_end: &mut watch::Receiver<Option<EndReason>>,
     ) -> EndReason {
         let limits = &self.config.limits;
         let budgets = Budgets {
@@ -325,7 +338,7 @@ impl Serving {
             executing: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
         };
         let (replies, reply_queue) = mpsc::unbounded_channel::<Outgoing>();
-        let writer_task = tokio::spawn(writer::run(writer.clone(), reply_queue).in_current_span());
+        let writer_task = tokio::spawn(writer::run(outlet.clone(), reply_queue).in_current_span());
         let mut writer_task = tokio_util::task::AbortOnDropHandle::new(writer_task);
         let mut tasks = JoinSet::new();
         let mut sequencer = Sequencer::default();
@@ -387,12 +400,9 @@ impl Serving {
                         tracing::error!(error = %e, "request task failed");
                     }
                 }
-                msg = reader.wait() => match msg {
-                    Some(ChannelMsg::Data { data }) => input.extend_from_slice(&data),
-                    Some(ChannelMsg::Eof) => break EndReason::ClientEof,
-                    Some(ChannelMsg::Close) => break EndReason::ClientClosed,
-                    Some(_) => {}
-                    None => break why_gone(connection_end).await,
+                inbound = inlet.recv() => match inbound {
+                    Inbound::Data(data) => input.extend_from_slice(&data),
+                    Inbound::End(reason) => break reason,
                 },
                 result = &mut writer_task => {
                     let detail = match result {

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use russh::server::Msg;
-use russh::ChannelWriteHalf;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use super::transport::Outlet;
 
 /// Replies smaller than this are gathered into one channel write with their neighbours.
 const SMALL_REPLY: usize = 16 * 1024;
@@ -21,10 +21,10 @@ pub(crate) struct Outgoing {
 
 /// Sends replies until every sender is gone (then all queued replies have been sent) or the
 /// channel fails (then the rest are dropped, releasing their budget).
-pub(crate) async fn run(
-    channel: Arc<ChannelWriteHalf<Msg>>,
+pub(crate) async fn run<O: Outlet>(
+    channel: Arc<O>,
     mut replies: mpsc::UnboundedReceiver<Outgoing>,
-) -> Result<(), russh::Error> {
+) -> Result<(), String> {
     let mut batch = BytesMut::new();
     let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
     while let Some(first) = replies.recv().await {
@@ -32,30 +32,30 @@ pub(crate) async fn run(
         while let Some(reply) = next.take() {
             if reply.bytes.len() >= SMALL_REPLY {
                 // Large replies (DATA) go out as they are: no copy.
-                flush(&channel, &mut batch, &mut held).await?;
-                channel.data_bytes(reply.bytes).await?;
+                flush(&*channel, &mut batch, &mut held).await?;
+                channel.send(reply.bytes).await?;
                 drop(reply.hold);
             } else {
                 batch.extend_from_slice(&reply.bytes);
                 held.extend(reply.hold);
             }
             if batch.len() >= COALESCE_LIMIT {
-                flush(&channel, &mut batch, &mut held).await?;
+                flush(&*channel, &mut batch, &mut held).await?;
             }
             next = replies.try_recv().ok();
         }
-        flush(&channel, &mut batch, &mut held).await?;
+        flush(&*channel, &mut batch, &mut held).await?;
     }
     Ok(())
 }
 
-async fn flush(
-    channel: &ChannelWriteHalf<Msg>,
+async fn flush<O: Outlet>(
+    channel: &O,
     batch: &mut BytesMut,
     held: &mut Vec<OwnedSemaphorePermit>,
-) -> Result<(), russh::Error> {
+) -> Result<(), String> {
     if !batch.is_empty() {
-        channel.data_bytes(batch.split().freeze()).await?;
+        channel.send(batch.split().freeze()).await?;
     }
     held.clear();
     Ok(())
