@@ -44,6 +44,6 @@ pub use extensions::{ExtendedRequest, LimitsReply, StatvfsReply, UsersGroupsRepl
 pub use longname::{longname, LongnameInfo};
 pub use packet::{
     encode_data_header, encode_status, NameEntry, OpenFlags, PacketType, Request, Response,
-    SFTP_VERSION,
+    REQUEST_NAMES, SFTP_VERSION,
 };
 pub use status::StatusCode;

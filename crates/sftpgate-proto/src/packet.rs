@@ -224,6 +224,40 @@ pub struct NameEntry {
     pub attrs: FileAttributes,
 }
 
+/// The names of every request this crate knows, as [`Request::name`] spells them: what
+/// OpenSSH's `sftp-server -Q requests` lists.
+pub const REQUEST_NAMES: &[&str] = &[
+    "open",
+    "close",
+    "read",
+    "write",
+    "lstat",
+    "fstat",
+    "setstat",
+    "fsetstat",
+    "opendir",
+    "readdir",
+    "remove",
+    "mkdir",
+    "rmdir",
+    "realpath",
+    "stat",
+    "rename",
+    "readlink",
+    "symlink",
+    crate::extensions::names::POSIX_RENAME,
+    crate::extensions::names::STATVFS,
+    crate::extensions::names::FSTATVFS,
+    crate::extensions::names::HARDLINK,
+    crate::extensions::names::FSYNC,
+    crate::extensions::names::LSETSTAT,
+    crate::extensions::names::LIMITS,
+    crate::extensions::names::EXPAND_PATH,
+    crate::extensions::names::COPY_DATA,
+    crate::extensions::names::HOME_DIRECTORY,
+    crate::extensions::names::USERS_GROUPS_BY_ID,
+];
+
 impl Request {
     /// The request id; `None` for INIT, which has none.
     pub fn id(&self) -> Option<u32> {

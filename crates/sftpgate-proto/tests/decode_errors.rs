@@ -840,3 +840,26 @@ fn largest_allocation<R>(f: impl FnOnce() -> R) -> (R, usize) {
     let result = f();
     (result, LARGEST.with(Cell::get))
 }
+
+#[test]
+fn request_names_list_every_known_request() {
+    let mut named: Vec<&str> = every_request(1)
+        .iter()
+        .filter(|r| !matches!(r, Request::Init { .. }))
+        .filter(|r| {
+            !matches!(
+                r,
+                Request::Extended {
+                    request: ExtendedRequest::Unknown { .. },
+                    ..
+                }
+            )
+        })
+        .map(|r| r.name().to_owned().leak() as &str)
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    let mut listed = sftpgate_proto::REQUEST_NAMES.to_vec();
+    listed.sort_unstable();
+    assert_eq!(named, listed);
+}

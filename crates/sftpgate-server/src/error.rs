@@ -13,4 +13,7 @@ pub enum Error {
     /// The configuration cannot work (for example no host key).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A lifecycle hook refused the session; the message is for the client.
+    #[error("{0}")]
+    Refused(String),
 }

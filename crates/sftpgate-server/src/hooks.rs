@@ -46,6 +46,8 @@ pub enum AuthMethod {
     },
     /// The `keyboard-interactive` method.
     KeyboardInteractive,
+    /// Authenticated by whatever runs sftpgate (OpenSSH's sshd for `sftpgate sftp-server`).
+    External,
 }
 
 impl AuthMethod {
@@ -55,6 +57,7 @@ impl AuthMethod {
             AuthMethod::Password => "password",
             AuthMethod::PublicKey { .. } => "publickey",
             AuthMethod::KeyboardInteractive => "keyboard-interactive",
+            AuthMethod::External => "external",
         }
     }
 }

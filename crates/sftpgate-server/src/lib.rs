@@ -39,6 +39,7 @@ mod hooks;
 mod lifecycle;
 mod server;
 mod sftp;
+mod stream;
 
 pub use config::{Limits, RequestPolicy, ServerConfig, Timeouts};
 pub use error::Error;
@@ -48,6 +49,7 @@ pub use hooks::{
     SessionId, SftpContext, SftpFactory,
 };
 pub use server::{Server, ShutdownHandle};
+pub use stream::StreamSession;
 
 /// Re-exported so that library users name the same key types as the server.
 pub use russh::keys;

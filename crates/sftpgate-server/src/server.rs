@@ -63,6 +63,10 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
+    pub(crate) fn new(token: CancellationToken) -> Self {
+        ShutdownHandle { token }
+    }
+
     /// Starts the graceful shutdown.
     pub fn shutdown(&self) {
         self.token.cancel();

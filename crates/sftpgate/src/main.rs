@@ -3,6 +3,7 @@
 mod config;
 mod host_key;
 mod serve;
+mod sftp_server;
 mod users;
 
 use std::path::PathBuf;
@@ -43,6 +44,10 @@ enum Command {
     /// ./sftpgate-data, and on first start creates a user and prints how to log in.
     #[command(after_long_help = config_help())]
     Serve(ServeArgs),
+    /// Speak SFTP on stdin/stdout, as OpenSSH's sftp-server does: for `Subsystem sftp` in
+    /// sshd_config or `sftp -D`. Runs as the invoking user, on that user's files or jailed
+    /// in --root.
+    SftpServer(sftp_server::SftpServerArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,7 +77,10 @@ fn config_help() -> String {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    match &cli.command {
+        Command::SftpServer(args) => init_logging(cli.log_format, sftp_server::log_filter(args)),
+        Command::Serve(_) => init_logging(cli.log_format, Some("info,russh=warn".into())),
+    }
     match cli.command {
         Command::Serve(args) => {
             let config = load_config(&args)?;
@@ -86,6 +94,10 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             runtime.block_on(serve::serve(config))
+        }
+        Command::SftpServer(args) => {
+            let code = sftp_server::run(args)?;
+            std::process::exit(code);
         }
     }
 }
@@ -107,10 +119,14 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr; `default` is the filter when RUST_LOG is not set (`None`: no logs).
+fn init_logging(format: LogFormat, default: Option<String>) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,russh=warn"));
+    let filter = match (EnvFilter::try_from_default_env(), default) {
+        (Ok(filter), _) => filter,
+        (Err(_), Some(default)) => EnvFilter::new(default),
+        (Err(_), None) => return,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -253,7 +253,7 @@ fn first_user(data_dir: &Path, users_file: &Path) -> anyhow::Result<(UserConfig,
 
 /// The name of the user running the server: `$USER`, `$LOGNAME`, else the passwd entry of
 /// the process's uid. Only names that are safe on a command line are taken.
-fn invoking_user_name() -> Option<String> {
+pub fn invoking_user_name() -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     let usable = |n: &str| {
         !n.is_empty()
