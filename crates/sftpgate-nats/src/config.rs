@@ -31,6 +31,9 @@ use crate::error::Error;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
+    /// Whether the server uses NATS at all (`sftpgate serve`'s switch; the library types
+    /// work whatever it says).
+    pub enabled: bool,
     /// Server URLs (`nats://host:port`); the client picks one and fails over to the others.
     pub servers: Vec<String>,
     /// First token(s) of every subject: `<prefix>.auth`, `<prefix>.provision`, …
@@ -66,6 +69,7 @@ pub struct NatsConfig {
 impl Default for NatsConfig {
     fn default() -> Self {
         NatsConfig {
+            enabled: false,
             servers: vec!["nats://127.0.0.1:4222".into()],
             subject_prefix: "sftpgate".into(),
             connection_name: "sftpgate".into(),
@@ -176,6 +180,9 @@ pub enum OnUnavailable {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProvisionConfig {
+    /// Whether SFTP sessions get their storage from the provisioner (otherwise each user's
+    /// own root, with NATS used for the other steps only).
+    pub enabled: bool,
     /// How long to wait for the reply to the provision request.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -189,6 +196,7 @@ pub struct ProvisionConfig {
 impl Default for ProvisionConfig {
     fn default() -> Self {
         ProvisionConfig {
+            enabled: true,
             request_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(30),
         }

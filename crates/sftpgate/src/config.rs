@@ -24,6 +24,8 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     /// Limits.
     pub limits: LimitsConfig,
+    /// NATS: provisioning on SFTP open, release on exit, events (see docs/nats.md).
+    pub nats: sftpgate_nats::NatsConfig,
     /// Users defined in this file. When empty, users live in `<data_dir>/users.toml`, which
     /// sftpgate creates with a first user on first start.
     pub users: Vec<UserConfig>,
@@ -38,6 +40,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             timeouts: TimeoutsConfig::default(),
             limits: LimitsConfig::default(),
+            nats: sftpgate_nats::NatsConfig::default(),
             users: Vec::new(),
         }
     }
@@ -205,6 +208,9 @@ impl Config {
         if self.limits.max_read > 1 << 20 || self.limits.max_write > 1 << 20 {
             bail!("limits.max_read and limits.max_write can be at most 1 MiB");
         }
+        self.nats
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[nats]: {e}"))?;
         let mut names = std::collections::HashSet::new();
         for user in &self.users {
             if user.name.is_empty() {

@@ -42,7 +42,8 @@ pub struct SftpServerArgs {
     /// Log level: QUIET, FATAL, ERROR, INFO, VERBOSE, DEBUG, DEBUG1, DEBUG2, DEBUG3.
     #[arg(short = 'l', value_name = "LEVEL")]
     log_level: Option<String>,
-    /// Log to stderr (sshd passes it to the client).
+    /// Log to stderr. sshd discards a subsystem's stderr: to keep the log there, redirect it
+    /// in the `Subsystem` line (`... sftp-server -e 2>>FILE`).
     #[arg(short = 'e')]
     log_stderr: bool,
     /// Syslog facility; accepted for compatibility, logs go to stderr with -e.
@@ -115,14 +116,13 @@ pub fn run(args: SftpServerArgs) -> anyhow::Result<i32> {
     let start_dir = VPath::parse(start.as_bytes()).context("invalid start directory")?;
     let policy = RequestPolicy {
         read_only: args.read_only,
-        denied: list(args.denied.as_deref()),
-        allowed: args.allowed.as_deref().map(|a| list(Some(a))),
+        denied: request_names(args.denied.as_deref())?,
+        allowed: args
+            .allowed
+            .as_deref()
+            .map(|a| request_names(Some(a)))
+            .transpose()?,
     };
-    for name in policy.denied.iter().chain(policy.allowed.iter().flatten()) {
-        if !sftpgate_proto::REQUEST_NAMES.contains(&name.as_str()) {
-            bail!("unknown request {name:?} (see -Q requests)");
-        }
-    }
     let server_config = ServerConfig {
         timeouts: config.server_timeouts(),
         limits: config.server_limits(),
@@ -140,7 +140,7 @@ pub fn run(args: SftpServerArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let session = StreamSession::new(server_config, NoHooks, RootFactory { root })
             .with_start_dir(start_dir);
         let stop = session.shutdown_handle();
@@ -163,7 +163,13 @@ pub fn run(args: SftpServerArgs) -> anyhow::Result<i32> {
             }
             Err(e) => Err(e.into()),
         }
-    })
+    });
+    // tokio reads stdin with a blocking read on a runtime thread that cannot be cancelled,
+    // and dropping the runtime waits for it: after SIGTERM/SIGHUP (stdin still open) the
+    // process would stay until the client wrote or closed the pipe. The session and its exit
+    // are done; don't wait for that read.
+    runtime.shutdown_background();
+    code
 }
 
 /// `-Q requests`: one name per line.
@@ -196,6 +202,24 @@ impl SftpFactory<()> for RootFactory {
         })?;
         Ok(Arc::new(fs))
     }
+}
+
+/// A comma-separated list of request names, each as `-Q requests` lists it or as OpenSSH's
+/// sftp-server spells it (`hardlink` for `hardlink@openssh.com`), so that an existing
+/// `Subsystem` line keeps working.
+fn request_names(value: Option<&str>) -> anyhow::Result<Vec<String>> {
+    list(value)
+        .into_iter()
+        .map(|name| {
+            sftpgate_proto::REQUEST_NAMES
+                .iter()
+                .find(|known| {
+                    **known == name || known.strip_suffix("@openssh.com") == Some(name.as_str())
+                })
+                .map(|known| (*known).to_owned())
+                .with_context(|| format!("unknown request {name:?} (see -Q requests)"))
+        })
+        .collect()
 }
 
 fn list(value: Option<&str>) -> Vec<String> {
@@ -278,6 +302,22 @@ mod tests {
         assert_eq!(expand("/srv/%u", "/home/a", "a").unwrap(), "/srv/a");
         assert_eq!(expand("100%%", "/h", "u").unwrap(), "100%");
         assert!(expand("%x", "/h", "u").is_err());
+    }
+
+    #[test]
+    fn request_names_accept_openssh_spellings() {
+        let names = request_names(Some("write,hardlink,posix-rename@openssh.com,copy-data"));
+        assert_eq!(
+            names.unwrap(),
+            [
+                "write",
+                "hardlink@openssh.com",
+                "posix-rename@openssh.com",
+                "copy-data"
+            ]
+        );
+        assert!(request_names(Some("open,bogus")).is_err());
+        assert!(request_names(Some("copy-data@openssh.com")).is_err());
     }
 
     #[test]

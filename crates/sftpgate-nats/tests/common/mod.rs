@@ -58,6 +58,7 @@ pub fn test_config(url: &str, prefix: &str, outbox_dir: &Path) -> NatsConfig {
         on_unavailable: OnUnavailable::Refuse,
     };
     config.provision = ProvisionConfig {
+        enabled: true,
         request_timeout: Duration::from_secs(2),
         timeout: Duration::from_secs(5),
     };
