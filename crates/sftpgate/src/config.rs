@@ -14,8 +14,13 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address to listen on.
     pub listen: String,
-    /// Where state lives: host key, managed users, users' files.
+    /// Where state lives: host key, the default user store (`sftpgate.db`), users' files.
     pub data_dir: PathBuf,
+    /// The user store: `postgres://USER@HOST:PORT/DB` (shared by several nodes) or
+    /// `sqlite://PATH`; empty: the SQLite file `sftpgate.db` in `data_dir`. Not an
+    /// `Option`, so that the key (and its variable) is derived from the defaults like every
+    /// other.
+    pub database_url: String,
     /// The host key file; relative paths are inside `data_dir`. Generated on first start.
     pub host_key: PathBuf,
     /// Authentication methods offered.
@@ -26,9 +31,6 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// NATS: provisioning on SFTP open, release on exit, events (see docs/nats.md).
     pub nats: sftpgate_nats::NatsConfig,
-    /// Users defined in this file. When empty, users live in `<data_dir>/users.toml`, which
-    /// sftpgate creates with a first user on first start.
-    pub users: Vec<UserConfig>,
 }
 
 impl Default for Config {
@@ -36,12 +38,12 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:2222".into(),
             data_dir: "sftpgate-data".into(),
+            database_url: String::new(),
             host_key: "host_ed25519_key".into(),
             auth: AuthConfig::default(),
             timeouts: TimeoutsConfig::default(),
             limits: LimitsConfig::default(),
             nats: sftpgate_nats::NatsConfig::default(),
-            users: Vec::new(),
         }
     }
 }
@@ -54,6 +56,8 @@ pub struct AuthConfig {
     pub password: bool,
     /// Offer the `publickey` method.
     pub publickey: bool,
+    /// Brute-force protection.
+    pub ban: BanSettings,
 }
 
 impl Default for AuthConfig {
@@ -61,6 +65,34 @@ impl Default for AuthConfig {
         AuthConfig {
             password: true,
             publickey: true,
+            ban: BanSettings::default(),
+        }
+    }
+}
+
+/// `[auth.ban]`: failed logins (wrong passwords; never a declined key offer) are counted per
+/// source address and per user name; `max_failures` of them within `window` refuse the
+/// address (every method) and the user name (password methods) for `ban_time`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BanSettings {
+    /// Failures within `window` that start a ban; 0 turns the protection off.
+    pub max_failures: u32,
+    /// How far back failures count.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How long a ban lasts.
+    #[serde(with = "humantime_serde")]
+    pub ban_time: Duration,
+}
+
+impl Default for BanSettings {
+    fn default() -> Self {
+        let b = sftpgate_auth::BanConfig::default();
+        BanSettings {
+            max_failures: b.max_failures,
+            window: b.window,
+            ban_time: b.ban_time,
         }
     }
 }
@@ -150,24 +182,6 @@ impl Default for LimitsConfig {
     }
 }
 
-/// `[[users]]`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    /// Login name.
-    pub name: String,
-    /// argon2id hash (PHC string) of the password; absent: no password login.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_hash: Option<String>,
-    /// Public keys, one OpenSSH `authorized_keys` line each.
-    #[serde(default)]
-    pub authorized_keys: Vec<String>,
-    /// The user's root directory; absent: `<data_dir>/files/<name>`. Relative paths are
-    /// inside `data_dir`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root: Option<PathBuf>,
-}
-
 impl Config {
     /// Reads `path` (when given), then applies `SFTPGATE_*` variables from `env`.
     pub fn load(
@@ -208,24 +222,27 @@ impl Config {
         if self.limits.max_read > 1 << 20 || self.limits.max_write > 1 << 20 {
             bail!("limits.max_read and limits.max_write can be at most 1 MiB");
         }
+        let ban = &self.auth.ban;
+        if ban.max_failures > 0 && (ban.window.is_zero() || ban.ban_time.is_zero()) {
+            bail!("auth.ban.window and auth.ban.ban_time must be positive (set auth.ban.max_failures = 0 to turn bans off)");
+        }
         self.nats
             .validate()
             .map_err(|e| anyhow::anyhow!("[nats]: {e}"))?;
-        let mut names = std::collections::HashSet::new();
-        for user in &self.users {
-            if user.name.is_empty() {
-                bail!("a [[users]] entry has an empty name");
-            }
-            if !names.insert(&user.name) {
-                bail!("user {:?} is defined twice", user.name);
-            }
-        }
         Ok(())
     }
 
     /// The host key's path.
     pub fn host_key_path(&self) -> PathBuf {
         self.data_dir.join(&self.host_key)
+    }
+
+    /// The authenticator settings these stand for.
+    pub fn auth_config(&self) -> sftpgate_auth::AuthConfig {
+        let b = &self.auth.ban;
+        let mut auth = sftpgate_auth::AuthConfig::default();
+        auth.ban = sftpgate_auth::BanConfig::new(b.max_failures, b.window, b.ban_time);
+        auth
     }
 
     /// The server settings these stand for.
@@ -264,7 +281,7 @@ impl Config {
 }
 
 /// Every key of the configuration as a dotted path, from the defaults (so that the list of
-/// environment variables cannot drift from the struct). `users` is a list and is left out.
+/// environment variables cannot drift from the struct). Lists are left out.
 pub fn keys() -> Vec<String> {
     let defaults = toml::Table::try_from(Config::default()).expect("the defaults serialize");
     let mut keys = Vec::new();
@@ -410,15 +427,38 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_users_refused() {
-        let mut config = Config::default();
-        let user = UserConfig {
-            name: "a".into(),
-            password_hash: None,
-            authorized_keys: vec![],
-            root: None,
-        };
-        config.users = vec![user.clone(), user];
-        assert!(config.validate().is_err());
+    fn database_url_and_ban_have_variables() {
+        let keys = keys();
+        for key in [
+            "database_url",
+            "auth.ban.max_failures",
+            "auth.ban.window",
+            "auth.ban.ban_time",
+        ] {
+            assert!(keys.contains(&key.to_owned()), "{key} in {keys:?}");
+        }
+        let config = Config::load(
+            None,
+            env(&[
+                ("SFTPGATE_DATABASE_URL", "postgres://db/sftp"),
+                ("SFTPGATE_AUTH_BAN_MAX_FAILURES", "3"),
+                ("SFTPGATE_AUTH_BAN_BAN_TIME", "2s"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.database_url, "postgres://db/sftp");
+        let auth = config.auth_config();
+        assert_eq!(auth.ban.max_failures, 3);
+        assert_eq!(auth.ban.ban_time, Duration::from_secs(2));
+        assert_eq!(auth.ban.window, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn users_tables_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.toml");
+        std::fs::write(&path, "[[users]]\nname = \"alice\"\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&path), env(&[])).unwrap_err());
+        assert!(err.contains("users"), "{err}");
     }
 }

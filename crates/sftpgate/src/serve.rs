@@ -1,11 +1,13 @@
-//! `sftpgate serve`: wires the configuration, the host key, the users, the storage (each
-//! user's jailed root, or provisioned over NATS) and the NATS hooks and events into a
-//! [`Server`], and runs it until SIGINT or SIGTERM.
+//! `sftpgate serve`: wires the configuration, the host key, the user store (logins through
+//! its authenticator, each session's profile read by the SFTP factory), the storage (each
+//! user's jailed root, or provisioned over NATS, behind the user's permissions) and the NATS
+//! hooks and events into a [`Server`], and runs it until SIGINT or SIGTERM.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use sftpgate_auth::{PermissionFs, Storage, Store, StoreAuthenticator, StoreError, UserProfile};
 use sftpgate_fs_local::LocalFs;
 use sftpgate_nats::{AuthMetadata, Backend, BoxError, NatsFactory, NatsHooks};
 use sftpgate_server::{
@@ -17,15 +19,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::host_key;
-use crate::users::{FirstUser, Users, UsersAuthenticator};
+use crate::users::FirstUser;
 
 /// Runs the server with `config` until a signal stops it.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    }
     let host_key = host_key::load_or_generate(&config.host_key_path())?;
-    let (users, first) = Users::load_or_create(&config)?;
-    let users = Arc::new(users);
+    let store = crate::store::open(&config).await?;
+    let first = crate::users::create_first_user(&store, &config.data_dir).await?;
+    let user_count = store.user_count().await.context("counting users")?;
+    let authenticator = StoreAuthenticator::new(store.clone(), config.auth_config())
+        .await
+        .context("setting up authentication")?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -34,13 +46,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // "shut down gracefully", not the default "die".
     let mut signals = Signals::new()?;
     if let Some(first) = &first {
-        print_first_user(first, local.port());
+        print_first_user(first, &crate::store::describe(&config), local.port());
     }
     println!(
-        "sftpgate listening on {local} ({} user{}; data in {})",
-        users.len(),
-        if users.len() == 1 { "" } else { "s" },
-        config.data_dir.display()
+        "sftpgate listening on {local} ({user_count} user{}; data in {}; users in {})",
+        if user_count == 1 { "" } else { "s" },
+        config.data_dir.display(),
+        crate::store::describe(&config),
     );
 
     let server_config = ServerConfig {
@@ -59,21 +71,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let local = LocalFactory {
-        users: users.clone(),
-    };
+    let profiles = Profiles(store.clone());
     let (hooks, factory, events) = match nats {
-        None => (SessionHooks::None, SessionFactory::Local(local), None),
+        None => (SessionHooks::None, SessionFactory::Local(profiles), None),
         Some(nats) => (
             SessionHooks::Nats(nats.hooks),
             match nats.factory {
-                Some(factory) => SessionFactory::Nats(factory),
-                None => SessionFactory::Local(local),
+                Some(factory) => SessionFactory::Nats(profiles, factory),
+                None => SessionFactory::Local(profiles),
             },
             nats.events,
         ),
     };
-    let mut server = Server::new(server_config, UsersAuthenticator(users), hooks, factory)?;
+    let mut server = Server::new(server_config, authenticator, hooks, factory)?;
     if let Some(events) = events {
         server = server.with_events(events);
     }
@@ -88,6 +98,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let result = server.run(listener).await;
     background.cancel();
+    store.close().await;
     result?;
     Ok(())
 }
@@ -179,10 +190,11 @@ impl Hooks for SessionHooks {
     }
 }
 
-/// Step 2 as configured: each user's own root, or storage provisioned over NATS.
+/// Step 2 as configured: each user's own root, or storage provisioned over NATS; either way
+/// behind the user's permissions, read from the store when the session starts.
 enum SessionFactory {
-    Local(LocalFactory),
-    Nats(NatsFactory),
+    Local(Profiles),
+    Nats(Profiles, NatsFactory),
 }
 
 impl SftpFactory<AuthMetadata> for SessionFactory {
@@ -191,29 +203,52 @@ impl SftpFactory<AuthMetadata> for SessionFactory {
         ctx: &SftpContext<AuthMetadata>,
         cleanup: &mut Cleanup,
     ) -> Result<Arc<dyn Filesystem>, HookError> {
-        match self {
-            SessionFactory::Local(local) => local.open(&ctx.connection.user).await,
-            SessionFactory::Nats(nats) => nats.open(ctx, cleanup).await,
-        }
+        let (profile, storage) = match self {
+            SessionFactory::Local(profiles) => {
+                let profile = profiles.read(&ctx.connection.user).await?;
+                let storage = open_storage(&profile).await?;
+                (profile, storage)
+            }
+            SessionFactory::Nats(profiles, nats) => {
+                // The profile first: a disabled user gets nothing provisioned.
+                let profile = profiles.read(&ctx.connection.user).await?;
+                (profile, nats.open(ctx, cleanup).await?)
+            }
+        };
+        Ok(Arc::new(PermissionFs::new(storage, profile.permissions)))
     }
 }
 
-/// The SFTP factory of the binary: each user's own jailed directory.
-struct LocalFactory {
-    users: Arc<Users>,
+/// Reads a session's [`UserProfile`] (a snapshot: the session keeps it to its end).
+struct Profiles(Store);
+
+impl Profiles {
+    async fn read(&self, user: &str) -> Result<UserProfile, HookError> {
+        self.0.session_profile(user).await.map_err(|e| match e {
+            StoreError::UnknownUser { .. } => HookError::new("this user no longer exists"),
+            StoreError::UserDisabled { .. } => HookError::new("this account is disabled"),
+            StoreError::UserExpired { .. } => HookError::new("this account has expired"),
+            other => {
+                HookError::with_source("the user store is unavailable; try again later", other)
+            }
+        })
+    }
 }
 
-impl LocalFactory {
-    async fn open(&self, user: &str) -> Result<Arc<dyn Filesystem>, HookError> {
-        let user = self
-            .users
-            .get(user)
-            .ok_or_else(|| HookError::new("this user no longer exists"))?;
-        let root = user.root.clone();
-        let fs = tokio::task::spawn_blocking(move || open_root(&root))
-            .await
-            .map_err(|e| HookError::with_source("storage setup failed", e))??;
-        Ok(Arc::new(fs))
+/// The user's own storage: their root directory, created (0700) if missing.
+async fn open_storage(profile: &UserProfile) -> Result<Arc<dyn Filesystem>, HookError> {
+    match &profile.storage {
+        Storage::Local => {
+            let root = profile.root_dir.clone();
+            let fs = tokio::task::spawn_blocking(move || open_root(Path::new(&root)))
+                .await
+                .map_err(|e| HookError::with_source("storage setup failed", e))??;
+            Ok(Arc::new(fs))
+        }
+        other => Err(HookError::new(format!(
+            "this server cannot serve storage of kind {:?}",
+            other.kind()
+        ))),
     }
 }
 
@@ -228,17 +263,16 @@ fn open_root(root: &Path) -> Result<LocalFs, HookError> {
         .map_err(|e| HookError::with_source("the user's storage could not be opened", e))
 }
 
-fn print_first_user(first: &FirstUser, port: u16) {
+fn print_first_user(first: &FirstUser, store: &str, port: u16) {
     println!("sftpgate: first start: created user {:?}", first.name);
     println!(
-        "  password:   {}   (shown once; stored hashed in {})",
+        "  password:   {}   (shown once; stored hashed in {store})",
         first.password,
-        first.users_file.display()
     );
     if first.key_files.is_empty() {
         println!(
-            "  public keys: none found in ~/.ssh (add keys to {})",
-            first.users_file.display()
+            "  public keys: none found in ~/.ssh (add one with `sftpgate key add {} --key-file FILE`)",
+            first.name
         );
     } else {
         for file in &first.key_files {

@@ -14,6 +14,7 @@ use sftpgate_server::{
     ServerConfig, SftpContext, SftpFactory, StreamSession,
 };
 use sftpgate_vfs::{Filesystem, VPath};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Config;
 
@@ -135,8 +136,9 @@ pub fn run(args: SftpServerArgs) -> anyhow::Result<i32> {
         user,
         method: AuthMethod::External,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One session per process, like OpenSSH's sftp-server: a single thread does it all (the
+    // local backend then runs its system calls inline instead of hopping to a pool).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
@@ -150,7 +152,7 @@ pub fn run(args: SftpServerArgs) -> anyhow::Result<i32> {
             stop.shutdown();
         });
         match session
-            .run(connection, tokio::io::stdin(), tokio::io::stdout())
+            .run(connection, stdin_reader(), stdout_writer())
             .await
         {
             Ok(reason) => {
@@ -170,6 +172,66 @@ pub fn run(args: SftpServerArgs) -> anyhow::Result<i32> {
     // are done; don't wait for that read.
     runtime.shutdown_background();
     code
+}
+
+/// stdin for the session: polled by the reactor when it is a pipe or a socket (what `sftp -D`
+/// and sshd give), so that reading costs no thread hand-off; Tokio's blocking reader for
+/// anything else (a file).
+fn stdin_reader() -> Box<dyn AsyncRead + Unpin + Send> {
+    use std::os::fd::AsFd as _;
+    match duplicate(std::io::stdin().as_fd()) {
+        Some(Pollable::Pipe(file)) => match tokio::net::unix::pipe::Receiver::from_file(file) {
+            Ok(pipe) => return Box::new(pipe),
+            Err(e) => tracing::debug!(error = %e, "stdin pipe not pollable"),
+        },
+        Some(Pollable::Socket(socket)) => match nonblocking_socket(socket) {
+            Ok(socket) => return Box::new(socket),
+            Err(e) => tracing::debug!(error = %e, "stdin socket not pollable"),
+        },
+        None => {}
+    }
+    Box::new(tokio::io::stdin())
+}
+
+/// stdout for the session, as [`stdin_reader`].
+fn stdout_writer() -> Box<dyn AsyncWrite + Unpin + Send> {
+    use std::os::fd::AsFd as _;
+    match duplicate(std::io::stdout().as_fd()) {
+        Some(Pollable::Pipe(file)) => match tokio::net::unix::pipe::Sender::from_file(file) {
+            Ok(pipe) => return Box::new(pipe),
+            Err(e) => tracing::debug!(error = %e, "stdout pipe not pollable"),
+        },
+        Some(Pollable::Socket(socket)) => match nonblocking_socket(socket) {
+            Ok(socket) => return Box::new(socket),
+            Err(e) => tracing::debug!(error = %e, "stdout socket not pollable"),
+        },
+        None => {}
+    }
+    Box::new(tokio::io::stdout())
+}
+
+enum Pollable {
+    Pipe(std::fs::File),
+    Socket(std::os::unix::net::UnixStream),
+}
+
+/// A duplicate of `fd` when it is a pipe or a socket.
+fn duplicate(fd: std::os::fd::BorrowedFd<'_>) -> Option<Pollable> {
+    let stat = rustix::fs::fstat(fd).ok()?;
+    let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+    let owned = fd.try_clone_to_owned().ok()?;
+    match kind {
+        rustix::fs::FileType::Fifo => Some(Pollable::Pipe(std::fs::File::from(owned))),
+        rustix::fs::FileType::Socket => Some(Pollable::Socket(owned.into())),
+        _ => None,
+    }
+}
+
+fn nonblocking_socket(
+    socket: std::os::unix::net::UnixStream,
+) -> std::io::Result<tokio::net::UnixStream> {
+    socket.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(socket)
 }
 
 /// `-Q requests`: one name per line.

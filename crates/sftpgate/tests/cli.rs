@@ -1,6 +1,6 @@
 //! The command line of `sftpgate`: help, bad flags, the first start (a user and a host key
-//! are created and shown once, then reused), configuration errors, the precedence of
-//! `--listen` over `SFTPGATE_LISTEN` over the file, and a host key others can read.
+//! are created and shown once, then reused), configuration and user errors, the precedence
+//! of `--listen` over `SFTPGATE_LISTEN` over the file, and a host key others can read.
 
 mod common;
 
@@ -9,15 +9,19 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{require, run, Fixture, Output, Server, SFTP_TIMEOUT, SSH_OPTIONS};
+use common::{run, Fixture, Output, Server, SFTP_TIMEOUT, SSH_OPTIONS};
 
 /// Every configuration key: `sftpgate serve --help` must list each with its variable.
 const KEYS: &[&str] = &[
     "listen",
     "data_dir",
+    "database_url",
     "host_key",
     "auth.password",
     "auth.publickey",
+    "auth.ban.max_failures",
+    "auth.ban.window",
+    "auth.ban.ban_time",
     "timeouts.auth_completed",
     "timeouts.sftp_factory",
     "timeouts.exit",
@@ -53,7 +57,13 @@ fn help_lists_the_subcommand_flags_and_every_setting() {
 
     let serve = run(fx.sftpgate().args(["serve", "--help"]), TIMEOUT);
     assert!(serve.status.success(), "{}", serve.show());
-    for flag in ["--listen", "--data-dir", "--config", "--log-format"] {
+    for flag in [
+        "--listen",
+        "--data-dir",
+        "--database-url",
+        "--config",
+        "--log-format",
+    ] {
         assert!(
             serve.stdout.contains(flag),
             "serve --help lacks {flag}\n{}",
@@ -71,7 +81,8 @@ fn help_lists_the_subcommand_flags_and_every_setting() {
             serve.show()
         );
     }
-    assert!(serve.stdout.contains("[[users]]"), "{}", serve.show());
+    // Users are managed with the CLI, on the same store.
+    assert!(serve.stdout.contains("sftpgate user"), "{}", serve.show());
 }
 
 #[test]
@@ -97,7 +108,7 @@ fn first_start_creates_a_user_and_a_host_key_once() {
     let pub_file = fx.home().join(".ssh/id_ed25519.pub");
     std::fs::write(&pub_file, format!("{}\n", fx.public_key)).unwrap();
     let host_key = fx.data_dir().join("host_ed25519_key");
-    let users_file = fx.data_dir().join("users.toml");
+    let users_file = fx.data_dir().join("sftpgate.db");
 
     let mut server = start_ok(fx.serve(None));
     let stdout = server.stdout();
@@ -111,17 +122,21 @@ fn first_start_creates_a_user_and_a_host_key_once() {
     );
     assert!(stdout.contains(&pub_file.display().to_string()), "{stdout}");
     assert_eq!(mode(&host_key), 0o600, "host key mode");
-    assert_eq!(mode(&users_file), 0o600, "users file mode");
-    let users = std::fs::read_to_string(&users_file).unwrap();
-    assert!(users.contains("$argon2id$"), "{users}");
-    assert!(
-        !users.contains(&password),
-        "the password is stored hashed only"
-    );
+    assert_eq!(mode(&users_file), 0o600, "user store mode");
+    // The store's pages: the file and, while the server runs, its write-ahead log.
+    let mut users = std::fs::read(&users_file).unwrap();
+    let wal = fx.data_dir().join("sftpgate.db-wal");
+    if wal.exists() {
+        assert_eq!(mode(&wal), 0o600, "user store log mode");
+        users.extend(std::fs::read(&wal).unwrap());
+    }
+    let contains = |needle: &str| users.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(contains("$argon2id$"), "no password hash in the store");
+    assert!(!contains(&password), "the password is stored hashed only");
 
     // Log in with the printed password, and with the key found in ~/.ssh.
     std::fs::write(fx.local().join("up.txt"), "via password\n").unwrap();
-    if let Some(out) = sftp_with_password(&fx, &server, "firstuser", &password, "put up.txt\n") {
+    if let Some(out) = fx.sftp_password(&server, "firstuser", &password, "put up.txt\n") {
         assert!(
             out.status.success(),
             "password login failed\n{}",
@@ -129,7 +144,8 @@ fn first_start_creates_a_user_and_a_host_key_once() {
         );
         let put = fx.user_root("firstuser").join("up.txt");
         assert_eq!(std::fs::read_to_string(put).unwrap(), "via password\n");
-        let wrong = sftp_with_password(&fx, &server, "firstuser", "not-the-password", "pwd\n")
+        let wrong = fx
+            .sftp_password(&server, "firstuser", "not-the-password", "pwd\n")
             .expect("sshpass is there");
         assert!(
             !wrong.status.success(),
@@ -142,7 +158,12 @@ fn first_start_creates_a_user_and_a_host_key_once() {
 
     assert_eq!(server.terminate(TIMEOUT).and_then(|s| s.code()), Some(0));
     let key_bytes = std::fs::read(&host_key).unwrap();
-    let users_bytes = std::fs::read(&users_file).unwrap();
+    let users_before = fx.cli_ok(&["user", "show", "firstuser", "--json"]);
+    assert_eq!(
+        fx.cli_ok(&["user", "list"]).lines().count(),
+        2,
+        "a header and one user"
+    );
 
     // Second start: same host key, same users, nothing created or shown.
     let mut again = start_ok(fx.serve(None));
@@ -155,10 +176,11 @@ fn first_start_creates_a_user_and_a_host_key_once() {
         "the host key was replaced"
     );
     assert_eq!(
-        std::fs::read(&users_file).unwrap(),
-        users_bytes,
-        "users.toml was rewritten"
+        fx.cli_ok(&["user", "show", "firstuser", "--json"]),
+        users_before,
+        "the first user was changed"
     );
+    assert_eq!(fx.cli_ok(&["user", "list"]).lines().count(), 2);
     // The client sees the same host key: it is accepted against a known_hosts entry
     // recorded from the first start's key file.
     let known_hosts = fx.path().join("known_hosts");
@@ -214,7 +236,6 @@ fn first_start_creates_a_user_and_a_host_key_once() {
 #[test]
 fn configuration_errors_name_the_culprit() {
     let Some(fx) = Fixture::new() else { return };
-    let user = fx.user_table("alice");
     let cases = [
         ("lisen = \"127.0.0.1:0\"\n".to_owned(), &["lisen"][..]),
         (
@@ -222,19 +243,15 @@ fn configuration_errors_name_the_culprit() {
             &["sftp_factoryy"],
         ),
         ("[limits]\nmax_handle = 5\n".to_owned(), &["max_handle"]),
-        (format!("{user}passwd = \"x\"\n"), &["passwd"]),
+        ("[auth]\npasswd = true\n".to_owned(), &["passwd"]),
+        ("[auth.ban]\nmax_failure = 3\n".to_owned(), &["max_failure"]),
+        // Users live in the store now: a `[[users]]` table is an unknown key.
         (
-            "[[users]]\nname = \"alice\"\nauthorized_keys = [\"ssh-ed25519 notbase64 x\"]\n"
-                .to_owned(),
-            &["alice", "authorized key #1"],
-        ),
-        (
-            format!("{user}[[users]]\nname = \"bob\"\nauthorized_keys = [\"ssh-ed25519\"]\n"),
-            &["bob", "authorized key #1"],
-        ),
-        (
-            "[[users]]\nname = \"carol\"\npassword_hash = \"hunter2\"\n".to_owned(),
-            &["carol", "password_hash"],
+            format!(
+                "[[users]]\nname = \"alice\"\nauthorized_keys = ['{}']\n",
+                fx.public_key
+            ),
+            &["users"],
         ),
         (
             "[timeouts]\nsftp_factory = \"soon\"\n".to_owned(),
@@ -257,15 +274,54 @@ fn configuration_errors_name_the_culprit() {
     cmd.env("SFTPGATE_TIMEOUTS_SFTP_FACTORY", "soon");
     let out = start_err(cmd);
     assert!(out.stderr.contains("sftp_factory"), "{}", out.show());
+
+    // Bad users, given to the CLI: the error names the user and what is wrong, the exit
+    // status is 2, and nothing is written.
+    let bad_users: [(&[&str], Option<&str>, &[&str]); 3] = [
+        (
+            &["user", "add", "alice", "--key", "ssh-ed25519 notbase64 x"],
+            None,
+            &["alice", "authorized key #1"],
+        ),
+        (
+            &[
+                "user",
+                "add",
+                "bob",
+                "--key",
+                &fx.public_key,
+                "--key",
+                "ssh-ed25519",
+            ],
+            None,
+            &["bob", "authorized key #2"],
+        ),
+        (
+            &["user", "add", "carol", "--password-stdin"],
+            Some("\n"),
+            &["carol", "password"],
+        ),
+    ];
+    for (args, input, names) in bad_users {
+        let out = fx.cli_with_input(args, input);
+        assert_eq!(out.status.code(), Some(2), "{args:?}\n{}", out.show());
+        for name in names {
+            assert!(
+                out.stderr.contains(name),
+                "{args:?}: the error must name {name:?}\n{}",
+                out.show()
+            );
+        }
+    }
+    let list = fx.cli_ok(&["user", "list"]);
+    assert_eq!(list.lines().count(), 1, "only the header:\n{list}");
 }
 
 #[test]
 fn listen_flag_beats_variable_beats_file() {
     let Some(fx) = Fixture::new() else { return };
-    let file = fx.write(
-        "listen.toml",
-        &format!("listen = \"{UNBINDABLE}\"\n{}", fx.user_table("alice")),
-    );
+    fx.add_user("alice");
+    let file = fx.write("listen.toml", &format!("listen = \"{UNBINDABLE}\"\n"));
     let with_listen = |flag: Option<&str>, var: Option<&str>| {
         let mut cmd = fx.sftpgate();
         cmd.arg("serve")
@@ -379,41 +435,6 @@ fn start_err(cmd: Command) -> Output {
             out
         }
     }
-}
-
-/// `sftp -b` logging in with `password` through `sshpass`; `None` (after a message, or a
-/// failure under `CI=true`) when sshpass is not installed.
-fn sftp_with_password(
-    fx: &Fixture,
-    server: &Server,
-    user: &str,
-    password: &str,
-    batch: &str,
-) -> Option<Output> {
-    if !require(&["sshpass"]) {
-        return None;
-    }
-    let batch_file = fx.path().join("password-batch");
-    std::fs::write(&batch_file, batch).unwrap();
-    let mut cmd = Command::new("sshpass");
-    cmd.current_dir(fx.local())
-        .env_remove("SSH_AUTH_SOCK")
-        .env("SSHPASS", password)
-        .args(["-e", "sftp"])
-        .args(SSH_OPTIONS)
-        // Before -b, which adds BatchMode=yes (ssh keeps the first value): sshpass must see
-        // the password prompt.
-        .args(["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no"])
-        .args([
-            "-o",
-            "PreferredAuthentications=password",
-            "-o",
-            "NumberOfPasswordPrompts=1",
-        ])
-        .args(["-P", &server.port.to_string(), "-b"])
-        .arg(&batch_file)
-        .arg(format!("{user}@127.0.0.1"));
-    Some(run(&mut cmd, SFTP_TIMEOUT))
 }
 
 fn mode(path: &Path) -> u32 {

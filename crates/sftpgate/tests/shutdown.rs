@@ -60,9 +60,9 @@ fn sigterm_with_an_open_session_exits_zero_and_ends_the_session() {
 #[test]
 fn sigterm_right_after_the_listening_line_is_graceful() {
     let Some(fx) = Fixture::new() else { return };
-    let config = fx.write("sftpgate.toml", &fx.user_table(USER));
+    fx.add_user(USER);
     for attempt in 1..=5 {
-        let mut server = Server::start(fx.serve(Some(&config)))
+        let mut server = Server::start(fx.serve(None))
             .unwrap_or_else(|out| panic!("the server did not start\n{}", out.show()));
         let status = server.terminate(EXIT_BOUND).unwrap_or_else(|| {
             panic!(

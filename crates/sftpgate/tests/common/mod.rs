@@ -3,9 +3,14 @@
 //!
 //! Every test gets a [`Fixture`]: a temporary directory holding a fresh ed25519 client key,
 //! the server's data directory (`data/`), a local working directory for the client
-//! (`local/`) and an empty `home/` that stands in for `$HOME`. A missing client binary skips
-//! the test with a message, or fails it under `CI=true` (ENGINEERING.md, e).
+//! (`local/`) and an empty `home/` that stands in for `$HOME`; users are added with the
+//! binary's own CLI (`sftpgate user add`), on the SQLite store in `data/` or, with
+//! [`Fixture::with_postgres`], on a fresh schema of the local PostgreSQL ([`postgres`]).
+//! A missing client binary skips the test with a message, or fails it under `CI=true`
+//! (ENGINEERING.md, e).
 #![allow(dead_code)] // each test file uses a different part of the harness
+
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -25,6 +30,8 @@ use tempfile::TempDir;
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one `sftp` batch may take (the largest moves 100 MiB twice).
 pub const SFTP_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long one `sftpgate user|key|perm` command may take.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 /// The user name every test logs in as, unless it says otherwise.
 pub const USER: &str = "alice";
 
@@ -95,14 +102,30 @@ impl Output {
 /// Runs `cmd` with stdin closed, capturing its output; kills it and fails the test if it
 /// runs longer than `timeout`.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
+    run_with_input(cmd, None, timeout)
+}
+
+/// [`run`] with `input` written to its stdin (then closed), if given.
+pub fn run_with_input(cmd: &mut Command, input: Option<&str>, timeout: Duration) -> Output {
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
     let stdout = drain(child.stdout.take().expect("stdout is piped"));
     let stderr = drain(child.stderr.take().expect("stderr is piped"));
+    if let Some(input) = input {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        // A command that exits without reading is not this function's failure. Dropping
+        // `stdin` closes it.
+        let _ = stdin.write_all(input.as_bytes());
+    }
     let status = wait_timeout(&mut child, timeout);
     let Some(status) = status else {
         let _ = child.kill();
@@ -165,6 +188,9 @@ pub struct Fixture {
     pub key: PathBuf,
     /// Its `authorized_keys` line.
     pub public_key: String,
+    /// The PostgreSQL schema the server and the CLI share; `None`: the SQLite store in the
+    /// data directory.
+    pub postgres: Option<postgres::Schema>,
 }
 
 impl Fixture {
@@ -197,7 +223,25 @@ impl Fixture {
             dir,
             key,
             public_key,
+            postgres: None,
         })
+    }
+
+    /// A fixture whose store is a fresh schema of the local PostgreSQL, or `None` (after a
+    /// message; a failure under `CI=true`) when that or a client binary is missing.
+    pub fn with_postgres() -> Option<Fixture> {
+        let mut fixture = Fixture::new()?;
+        fixture.postgres = Some(postgres::Schema::create()?);
+        Some(fixture)
+    }
+
+    /// Which store this fixture uses, for messages.
+    pub fn backend(&self) -> &'static str {
+        if self.postgres.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -224,12 +268,9 @@ impl Fixture {
         self.data_dir().join("files").join(user)
     }
 
-    /// A `[[users]]` table for `user` with this fixture's key.
-    pub fn user_table(&self, user: &str) -> String {
-        format!(
-            "[[users]]\nname = \"{user}\"\nauthorized_keys = ['{}']\n",
-            self.public_key
-        )
+    /// The client's public key file.
+    pub fn public_key_file(&self) -> PathBuf {
+        self.key.with_extension("pub")
     }
 
     /// Writes `text` to `<dir>/<name>` and returns its path.
@@ -241,7 +282,7 @@ impl Fixture {
 
     /// `sftpgate` with no arguments yet, in the fixture directory, with every `SFTPGATE_*`
     /// variable of the test's environment removed, `$HOME` set to [`Fixture::home`] and
-    /// `$USER` to `firstuser`.
+    /// `$USER` to `firstuser`; with PostgreSQL, `SFTPGATE_DATABASE_URL` names its schema.
     pub fn sftpgate(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sftpgate"));
         cmd.current_dir(self.path())
@@ -255,7 +296,49 @@ impl Fixture {
                 cmd.env_remove(name);
             }
         }
+        if let Some(db) = &self.postgres {
+            cmd.env("SFTPGATE_DATABASE_URL", db.url());
+        }
         cmd
+    }
+
+    /// Runs `sftpgate ARGS --data-dir <data>` (a `user`, `key` or `perm` command on this
+    /// fixture's store).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_input(args, None)
+    }
+
+    /// [`Fixture::cli`] with `input` on its stdin.
+    pub fn cli_with_input(&self, args: &[&str], input: Option<&str>) -> Output {
+        let mut cmd = self.sftpgate();
+        cmd.args(args).arg("--data-dir").arg(self.data_dir());
+        run_with_input(&mut cmd, input, CLI_TIMEOUT)
+    }
+
+    /// [`Fixture::cli`] that must succeed; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "sftpgate {args:?} failed\n{}",
+            out.show()
+        );
+        out.stdout
+    }
+
+    /// Adds `user` with this fixture's key and the root [`Fixture::user_root`], through the
+    /// CLI (`sftpgate user add USER --key-file … --root …`).
+    pub fn add_user(&self, user: &str) {
+        let (key_file, root) = (self.public_key_file(), self.user_root(user));
+        self.cli_ok(&[
+            "user",
+            "add",
+            user,
+            "--key-file",
+            key_file.to_str().expect("a UTF-8 path"),
+            "--root",
+            root.to_str().expect("a UTF-8 path"),
+        ]);
     }
 
     /// `sftpgate serve --listen 127.0.0.1:0 --data-dir <data> [--config FILE]`.
@@ -269,10 +352,16 @@ impl Fixture {
         cmd
     }
 
-    /// Starts a server whose only user is `user` (key login with this fixture's key).
+    /// Adds `user` (key login with this fixture's key, [`Fixture::add_user`]) and starts a
+    /// server.
     pub fn start(&self, user: &str) -> Server {
-        let config = self.write("sftpgate.toml", &self.user_table(user));
-        Server::start(self.serve(Some(&config)))
+        self.add_user(user);
+        self.start_server(None)
+    }
+
+    /// Starts a server on this fixture's store, with `config` if given.
+    pub fn start_server(&self, config: Option<&Path>) -> Server {
+        Server::start(self.serve(config))
             .unwrap_or_else(|out| panic!("the server did not start\n{}", out.show()))
     }
 
@@ -298,6 +387,43 @@ impl Fixture {
             .arg(batch_file.path())
             .arg(format!("{user}@127.0.0.1"));
         run(&mut cmd, SFTP_TIMEOUT)
+    }
+}
+
+impl Fixture {
+    /// `sftp -b` logging in as `user` with `password` through `sshpass`; `None` (after a
+    /// message, or a failure under `CI=true`) when sshpass is not installed.
+    pub fn sftp_password(
+        &self,
+        server: &Server,
+        user: &str,
+        password: &str,
+        batch: &str,
+    ) -> Option<Output> {
+        if !require(&["sshpass"]) {
+            return None;
+        }
+        let batch_file = tempfile::NamedTempFile::new().expect("creating a batch file");
+        std::fs::write(batch_file.path(), batch).expect("writing a batch file");
+        let mut cmd = Command::new("sshpass");
+        cmd.current_dir(self.local())
+            .env_remove("SSH_AUTH_SOCK")
+            .env("SSHPASS", password)
+            .args(["-e", "sftp"])
+            .args(SSH_OPTIONS)
+            // Before -b, which adds BatchMode=yes (ssh keeps the first value): sshpass must
+            // see the password prompt.
+            .args(["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no"])
+            .args([
+                "-o",
+                "PreferredAuthentications=password",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+            ])
+            .args(["-P", &server.port.to_string(), "-b"])
+            .arg(batch_file.path())
+            .arg(format!("{user}@127.0.0.1"));
+        Some(run(&mut cmd, SFTP_TIMEOUT))
     }
 }
 
