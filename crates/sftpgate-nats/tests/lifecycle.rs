@@ -417,14 +417,23 @@ async fn a_repeated_release_is_not_a_second_release() {
     let subject = fx.config.subjects().release();
     let mut replies = Vec::new();
     for _ in 0..3 {
-        let reply = fx
-            .client
-            .request(
-                subject.clone(),
-                serde_json::to_vec(&request).unwrap().into(),
-            )
-            .await
-            .unwrap();
+        // The provisioner's subscription is on another connection: under load the first
+        // request can reach the server before it knows of it ("no responders"). Retry that,
+        // boundedly; any other error fails the test.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let reply = loop {
+            let payload = serde_json::to_vec(&request).unwrap();
+            match fx.client.request(subject.clone(), payload.into()).await {
+                Ok(reply) => break reply,
+                Err(e)
+                    if e.kind() == async_nats::RequestErrorKind::NoResponders
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("release request failed: {e}"),
+            }
+        };
         replies.push(serde_json::from_slice::<ReleaseReply>(&reply.payload).unwrap());
     }
     assert_eq!(
