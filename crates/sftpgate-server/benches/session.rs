@@ -398,16 +398,21 @@ fn bulk(c: &mut Criterion) {
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Bytes(IN_FLIGHT * u64::from(CHUNK)));
         for storage in ["mem", "local"] {
-            let mut bench = Bench::new(storage);
-            let handle = bench.client.as_ref().expect("client").handle.clone();
-            let data = pattern(CHUNK as usize);
-            let batch = if write {
-                batch(writes(&handle, 10, IN_FLIGHT, 0, &data))
-            } else {
-                batch(reads(&handle, 10, IN_FLIGHT, 0))
-            };
+            // Set up on first use only, so that a filter that skips it skips its setup too.
+            let mut state: Option<(Bench, Bytes)> = None;
             group.bench_function(BenchmarkId::from_parameter(storage), |b| {
-                b.iter(|| assert_eq!(bench.round(&batch, IN_FLIGHT as usize), 0));
+                let (bench, batch) = state.get_or_insert_with(|| {
+                    let bench = Bench::new(storage);
+                    let handle = bench.client.as_ref().expect("client").handle.clone();
+                    let data = pattern(CHUNK as usize);
+                    let batch = if write {
+                        batch(writes(&handle, 10, IN_FLIGHT, 0, &data))
+                    } else {
+                        batch(reads(&handle, 10, IN_FLIGHT, 0))
+                    };
+                    (bench, batch)
+                });
+                b.iter(|| assert_eq!(bench.round(batch, IN_FLIGHT as usize), 0));
             });
         }
         group.finish();
@@ -417,9 +422,7 @@ fn bulk(c: &mut Criterion) {
 fn sequencer(c: &mut Criterion) {
     let mut group = c.benchmark_group("sequencer");
     group.throughput(Throughput::Elements(IN_FLIGHT + 1));
-    let mut bench = Bench::new("mem");
-    let handle = bench.client.as_ref().expect("client").handle.clone();
-    let data = pattern(CHUNK as usize);
+    let mut shared: Option<Bench> = None;
     let base = u64::from(CHUNK) * IN_FLIGHT;
     for (name, write_at) in [
         // overlaps the first READ: ordered after it
@@ -427,11 +430,16 @@ fn sequencer(c: &mut Criterion) {
         // beyond every READ: runs at once
         ("64_reads_then_disjoint_write", base),
     ] {
-        let mut requests = reads(&handle, 10, IN_FLIGHT, 0);
-        requests.extend(writes(&handle, 1000, 1, write_at, &data));
-        let batch = batch(requests);
+        let mut request_batch: Option<Bytes> = None;
         group.bench_function(name, |b| {
-            b.iter(|| assert_eq!(bench.round(&batch, IN_FLIGHT as usize + 1), 0));
+            let bench = shared.get_or_insert_with(|| Bench::new("mem"));
+            let batch = request_batch.get_or_insert_with(|| {
+                let handle = bench.client.as_ref().expect("client").handle.clone();
+                let mut requests = reads(&handle, 10, IN_FLIGHT, 0);
+                requests.extend(writes(&handle, 1000, 1, write_at, &pattern(CHUNK as usize)));
+                batch(requests)
+            });
+            b.iter(|| assert_eq!(bench.round(batch, IN_FLIGHT as usize + 1), 0));
         });
     }
     group.finish();
@@ -441,17 +449,21 @@ fn small_replies(c: &mut Criterion) {
     const N: u32 = 256;
     let mut group = c.benchmark_group("small_replies");
     group.throughput(Throughput::Elements(u64::from(N)));
-    let mut bench = Bench::new("mem");
-    let batch = batch((0..N).map(|i| Request::Stat {
-        id: 10 + i,
-        path: Bytes::from_static(b"/file"),
-    }));
-    let before = bench.writes.load(Ordering::Relaxed);
-    bench.round(&batch, N as usize);
-    let used = bench.writes.load(Ordering::Relaxed) - before;
-    eprintln!("small_replies: {N} STAT replies reached the pipe in {used} writes");
+    let mut state: Option<(Bench, Bytes)> = None;
     group.bench_function("stat_x256_pipelined", |b| {
-        b.iter(|| assert_eq!(bench.round(&batch, N as usize), 0));
+        let (bench, batch) = state.get_or_insert_with(|| {
+            let mut bench = Bench::new("mem");
+            let batch = batch((0..N).map(|i| Request::Stat {
+                id: 10 + i,
+                path: Bytes::from_static(b"/file"),
+            }));
+            let before = bench.writes.load(Ordering::Relaxed);
+            bench.round(&batch, N as usize);
+            let used = bench.writes.load(Ordering::Relaxed) - before;
+            eprintln!("small_replies: {N} STAT replies reached the pipe in {used} writes");
+            (bench, batch)
+        });
+        b.iter(|| assert_eq!(bench.round(batch, N as usize), 0));
     });
     group.finish();
 }
@@ -459,13 +471,14 @@ fn small_replies(c: &mut Criterion) {
 fn stat_roundtrip(c: &mut Criterion) {
     let mut group = c.benchmark_group("stat_roundtrip");
     group.throughput(Throughput::Elements(1));
+    let batch = batch([Request::Stat {
+        id: 7,
+        path: Bytes::from_static(b"/file"),
+    }]);
     for storage in ["mem", "local"] {
-        let mut bench = Bench::new(storage);
-        let batch = batch([Request::Stat {
-            id: 7,
-            path: Bytes::from_static(b"/file"),
-        }]);
+        let mut state: Option<Bench> = None;
         group.bench_function(BenchmarkId::from_parameter(storage), |b| {
+            let bench = state.get_or_insert_with(|| Bench::new(storage));
             b.iter(|| bench.round(&batch, 1));
         });
     }
