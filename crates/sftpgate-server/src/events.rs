@@ -145,6 +145,12 @@ impl FileOp {
 pub trait EventSink: Send + Sync + 'static {
     /// Takes one event.
     fn emit(&self, event: Event);
+
+    /// Whether this sink wants [`Event::File`] events. When it does not, the server skips
+    /// the work that only feeds them (an `fstat` per uploaded file for its final size).
+    fn wants_file_events(&self) -> bool {
+        true
+    }
 }
 
 /// Drops every event.
@@ -153,4 +159,8 @@ pub struct NoEvents;
 
 impl EventSink for NoEvents {
     fn emit(&self, _event: Event) {}
+
+    fn wants_file_events(&self) -> bool {
+        false
+    }
 }

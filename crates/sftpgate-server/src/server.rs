@@ -170,6 +170,12 @@ where
     }
 
     fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr) {
+        // russh applies `Config::nodelay` only in its own accept loop, not in `run_stream`.
+        // Without it every reply that ends a write waits for the peer's delayed ACK (Nagle):
+        // bulk transfers on loopback lost 20-40 % to it.
+        if let Err(e) = stream.set_nodelay(self.russh.nodelay) {
+            tracing::debug!(%peer, error = %e, "TCP_NODELAY could not be set");
+        }
         let id = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
         let Ok(permit) = self.connections.clone().try_acquire_owned() else {
             metrics::counter!("sftpgate_connections_rejected_total", "reason" => "max_connections")

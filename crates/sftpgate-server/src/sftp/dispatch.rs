@@ -471,12 +471,18 @@ impl Dispatcher {
             .flags
             .intersects(OpenFlags::WRITE | OpenFlags::APPEND)
             && (written > 0 || handle.flags.intersects(OpenFlags::CREAT | OpenFlags::TRUNC));
-        let size = if wrote {
+        let events = self.events.wants_file_events();
+        // The final size (which differs from the bytes written when the client overwrote
+        // part of a file) costs a storage round trip: only when someone reads it.
+        let size = if wrote && events {
             handle.file.stat().await.ok().and_then(|a| a.size)
         } else {
             None
         };
         handle.file.close().await?;
+        if !events {
+            return Ok(());
+        }
         if wrote {
             self.emit(FileOp::Upload {
                 path: handle.path.clone(),
