@@ -143,10 +143,12 @@ start_testserver() {
 
 # start_target NAME PORT: any server the scripts know by name.
 #   sftpgate            sftpgate serve, defaults
-#   sftpgate-nodelay    sftpgate's Server + LocalFs (test server, no +latency) with TCP_NODELAY
-#                       on its sockets: what `sftpgate serve` gives once it sets TCP_NODELAY
+#   sftpgate-nodelay    sftpgate's Server + LocalFs (test server, no +latency); since Server
+#                       sets TCP_NODELAY itself, as `sftpgate serve` without the user store
 #   sftpgate-inline     as sftpgate-nodelay, file reads/writes inline on the worker (no
 #                       spawn_blocking): an experiment for the I/O-path choice
+#   sftpgate-spawn      as sftpgate-nodelay, one spawn_blocking per file read/write (LocalFs
+#                       before its lanes): the other side of that experiment
 #   openssh-internal, openssh-external, asyncssh, rclone: the harness's reference servers
 start_target() {
   local name="$1" port="$2"
@@ -154,6 +156,7 @@ start_target() {
     sftpgate) start_sftpgate "$name" "$port" ;;
     sftpgate-nodelay) start_testserver "$name" "$port" --delay-us 0 --nodelay ;;
     sftpgate-inline) start_testserver "$name" "$port" --delay-us 0 --nodelay --io inline ;;
+    sftpgate-spawn) start_testserver "$name" "$port" --delay-us 0 --nodelay --io spawn ;;
     openssh-internal|openssh-external|asyncssh|rclone) start_reference "$name" "$port" ;;
     *) die "unknown target $name" ;;
   esac
@@ -191,8 +194,9 @@ client_buflen() {
 describe_target() {
   case "$1" in
     sftpgate) echo "sftpgate serve, default settings (users: ${USER_STORE:-?})" ;;
-    sftpgate-nodelay) echo "sftpgate's Server and LocalFs, default limits, in bench/loadgen's test server (sftpgate-slowfs-server --delay-us 0 --nodelay): as sftpgate serve plus TCP_NODELAY on the accepted sockets" ;;
-    sftpgate-inline) echo "as sftpgate-nodelay, and file reads/writes inline on the runtime worker instead of one spawn_blocking per request (--io inline; experiment)" ;;
+    sftpgate-nodelay) echo "sftpgate's Server and LocalFs, default limits, in bench/loadgen's test server (sftpgate-slowfs-server --delay-us 0 --nodelay): as sftpgate serve without the user store" ;;
+    sftpgate-inline) echo "as sftpgate-nodelay, and file reads/writes inline on the runtime worker (--io inline; experiment)" ;;
+    sftpgate-spawn) echo "as sftpgate-nodelay, and one spawn_blocking per file read/write, as LocalFs before its lanes (--io spawn; experiment)" ;;
     openssh-internal) echo "OpenSSH $(ssh -V 2>&1 | cut -d' ' -f1 | cut -d_ -f2) sshd, Subsystem sftp internal-sftp" ;;
     openssh-external) echo "OpenSSH sshd, Subsystem sftp /usr/lib/openssh/sftp-server (the issue's baseline)" ;;
     asyncssh) echo "AsyncSSH $(python3 -c 'import asyncssh; print(asyncssh.__version__)' 2>/dev/null) SFTPServer (bench/harness/servers/asyncssh_server.py)" ;;

@@ -2,26 +2,35 @@
 //! requests may use at once.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use rustix::io::{Errno, IoSliceMut, ReadWriteFlags};
 use sftpgate_proto::{FileAttributes, StatvfsReply};
 use sftpgate_vfs::{File, FsError};
 
 use crate::attrs::{self, Target};
-use crate::blocking::blocking;
+use crate::blocking::Lane;
 use crate::error::{from_errno, retry_eintr};
 
 /// A file opened by [`crate::LocalFs`]. Every call clones the descriptor's `Arc` for its
 /// blocking task, so a cancelled request cannot close the descriptor under another.
 pub(crate) struct LocalFile {
     fd: Mutex<Option<Arc<OwnedFd>>>,
+    /// Whether `preadv2(RWF_NOWAIT)` may work here; cleared when the filesystem says it
+    /// does not support it (tmpfs, for one).
+    nowait_reads: AtomicBool,
+    /// Where this file's blocking operations run.
+    lane: Arc<Lane>,
 }
 
 impl LocalFile {
     pub(crate) fn new(fd: OwnedFd) -> LocalFile {
         LocalFile {
             fd: Mutex::new(Some(Arc::new(fd))),
+            nowait_reads: AtomicBool::new(true),
+            lane: Arc::default(),
         }
     }
 
@@ -36,81 +45,88 @@ impl LocalFile {
 
 #[async_trait::async_trait]
 impl File for LocalFile {
-    /// One `pread(2)` (retried on EINTR) into `buf`'s spare capacity: reserve `len` bytes
-    /// in `buf` beforehand and no byte is copied. The bytes already in `buf` stay there
-    /// whatever happens, even if this future is dropped midway.
+    /// Data already in the page cache is copied inline with `preadv2(RWF_NOWAIT)`, which
+    /// never waits for the device: for a cached 32 KiB read the hop to the blocking pool and
+    /// back costs more than the copy. What the cache cannot give at once is read on the pool.
+    /// The bytes already in `buf` stay there whatever happens, even if this future is
+    /// dropped midway.
     async fn read(&self, offset: u64, len: u32, buf: &mut BytesMut) -> Result<usize, FsError> {
         let fd = self.fd()?;
         let len = len as usize;
-        // The spare capacity moves to the blocking task and back; `unsplit` rejoins it
-        // without copying when it did not have to grow.
-        let mut chunk = buf.split_off(buf.len());
-        let chunk = blocking(move || {
-            // Zero-filled first: filling uninitialised memory would need `unsafe`.
-            chunk.resize(len, 0);
-            let n = retry_eintr(|| rustix::io::pread(&*fd, &mut chunk[..], offset))
-                .map_err(from_errno)?;
-            if n == 0 {
-                return Err(FsError::Eof);
+        if self.nowait_reads.load(Ordering::Relaxed) {
+            match read_cached(&fd, offset, len, buf) {
+                Ok(Some(0)) => return Err(FsError::Eof),
+                Ok(Some(n)) if n == len => return Ok(n),
+                Ok(Some(n)) => {
+                    // Part of it was cached. The rest comes from the pool; if that fails
+                    // the client gets a short read and asks again (then sees the error).
+                    let rest = read_pooled(&self.lane, fd, offset + n as u64, len - n, buf).await;
+                    return Ok(n + rest.unwrap_or(0));
+                }
+                Ok(None) => {}
+                Err(Errno::OPNOTSUPP) => self.nowait_reads.store(false, Ordering::Relaxed),
+                Err(e) => return Err(from_errno(e)),
             }
-            chunk.truncate(n);
-            Ok(chunk)
-        })
-        .await?;
-        let n = chunk.len();
-        buf.unsplit(chunk);
-        Ok(n)
+        }
+        read_pooled(&self.lane, fd, offset, len, buf).await
     }
 
     /// `pwrite(2)` until every byte is written. On a file opened with APPEND, Linux's
     /// pwrite appends whatever the offset, as the trait asks.
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         let fd = self.fd()?;
-        blocking(move || {
-            let mut written = 0;
-            while written < data.len() {
-                let at = offset
-                    .checked_add(written as u64)
-                    .ok_or_else(|| FsError::InvalidInput("write offset overflows".into()))?;
-                let n = retry_eintr(|| rustix::io::pwrite(&*fd, &data[written..], at))
-                    .map_err(from_errno)?;
-                if n == 0 {
-                    return Err(FsError::Other("the file accepted no more data".into()));
+        self.lane
+            .run(move || {
+                let mut written = 0;
+                while written < data.len() {
+                    let at = offset
+                        .checked_add(written as u64)
+                        .ok_or_else(|| FsError::InvalidInput("write offset overflows".into()))?;
+                    let n = retry_eintr(|| rustix::io::pwrite(&*fd, &data[written..], at))
+                        .map_err(from_errno)?;
+                    if n == 0 {
+                        return Err(FsError::Other("the file accepted no more data".into()));
+                    }
+                    written += n;
                 }
-                written += n;
-            }
-            Ok(())
-        })
-        .await
+                Ok(())
+            })
+            .await
     }
 
     async fn stat(&self) -> Result<FileAttributes, FsError> {
         let fd = self.fd()?;
-        blocking(move || {
-            let st = rustix::fs::fstat(&*fd).map_err(from_errno)?;
-            Ok(attrs::from_stat(&st))
-        })
-        .await
+        self.lane
+            .run(move || {
+                let st = rustix::fs::fstat(&*fd).map_err(from_errno)?;
+                Ok(attrs::from_stat(&st))
+            })
+            .await
     }
 
     async fn setstat(&self, attrs: &FileAttributes) -> Result<(), FsError> {
         let fd = self.fd()?;
         let attrs = attrs.clone();
-        blocking(move || attrs::apply(Target::Open(fd.as_fd()), &attrs)).await
+        self.lane
+            .run(move || attrs::apply(Target::Open(fd.as_fd()), &attrs))
+            .await
     }
 
     async fn sync(&self) -> Result<(), FsError> {
         let fd = self.fd()?;
-        blocking(move || retry_eintr(|| rustix::fs::fsync(&*fd)).map_err(from_errno)).await
+        self.lane
+            .run(move || retry_eintr(|| rustix::fs::fsync(&*fd)).map_err(from_errno))
+            .await
     }
 
     async fn statvfs(&self) -> Result<StatvfsReply, FsError> {
         let fd = self.fd()?;
-        blocking(move || {
-            let v = rustix::fs::fstatvfs(&*fd).map_err(from_errno)?;
-            Ok(attrs::statvfs_reply(&v))
-        })
-        .await
+        self.lane
+            .run(move || {
+                let v = rustix::fs::fstatvfs(&*fd).map_err(from_errno)?;
+                Ok(attrs::statvfs_reply(&v))
+            })
+            .await
     }
 
     /// Drops the descriptor on the blocking pool (closing may flush, on NFS say). Linux
@@ -124,12 +140,70 @@ impl File for LocalFile {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take()
             .ok_or_else(closed)?;
-        blocking(move || {
-            drop(fd);
-            Ok(())
-        })
-        .await
+        self.lane
+            .run(move || {
+                drop(fd);
+                Ok(())
+            })
+            .await
     }
+}
+
+/// One `preadv2(RWF_NOWAIT)` into `buf`'s spare capacity: `Some(n)` bytes appended
+/// (0 at the end of the file), `None` when none were cached (`EAGAIN`).
+fn read_cached(
+    fd: &OwnedFd,
+    offset: u64,
+    len: usize,
+    buf: &mut BytesMut,
+) -> Result<Option<usize>, Errno> {
+    let start = buf.len();
+    // Zero-filled first: filling uninitialised memory would need `unsafe`.
+    buf.resize(start + len, 0);
+    let read = retry_eintr(|| {
+        rustix::io::preadv2(
+            fd,
+            &mut [IoSliceMut::new(&mut buf[start..])],
+            offset,
+            ReadWriteFlags::NOWAIT,
+        )
+    });
+    buf.truncate(start + *read.as_ref().unwrap_or(&0));
+    match read {
+        Ok(n) => Ok(Some(n)),
+        Err(Errno::AGAIN) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// One `pread(2)` (retried on EINTR) on the file's lane into `buf`'s spare capacity:
+/// reserve `len` bytes in `buf` beforehand and no byte is copied.
+async fn read_pooled(
+    lane: &Arc<Lane>,
+    fd: Arc<OwnedFd>,
+    offset: u64,
+    len: usize,
+    buf: &mut BytesMut,
+) -> Result<usize, FsError> {
+    // The spare capacity moves to the blocking task and back; `unsplit` rejoins it without
+    // copying when it did not have to grow.
+    let mut chunk = buf.split_off(buf.len());
+    let chunk = lane
+        .run(move || {
+            // Zero-filled first: filling uninitialised memory would need `unsafe`.
+            chunk.resize(len, 0);
+            let n = retry_eintr(|| rustix::io::pread(&*fd, &mut chunk[..], offset))
+                .map_err(from_errno)?;
+            if n == 0 {
+                return Err(FsError::Eof);
+            }
+            chunk.truncate(n);
+            Ok(chunk)
+        })
+        .await?;
+    let n = chunk.len();
+    buf.unsplit(chunk);
+    Ok(n)
 }
 
 fn closed() -> FsError {

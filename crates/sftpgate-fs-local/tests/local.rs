@@ -395,6 +395,60 @@ async fn read_fills_reserved_capacity_in_place() {
     file.close().await.expect("close");
 }
 
+/// Reads served partly from the page cache and partly from the disk, wholly from the disk,
+/// wholly from the cache, and at the end of the file all give the file's bytes, appended
+/// after what the buffer held. (Where the filesystem has no `RWF_NOWAIT`, tmpfs say, every
+/// read takes the pool and this still checks the bytes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_partly_cached_give_the_whole_range() {
+    let (dir, fs) = fresh();
+    let content: Vec<u8> = (0..512 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let host = dir.path().join("f");
+    std::fs::write(&host, &content).expect("file");
+    // Evicts the whole file (ranges smaller than a large folio are not evicted), then
+    // caches `cached` bytes at `from` without readahead.
+    let cache_only = |from: u64, cached: usize| {
+        use rustix::fs::{fadvise, Advice};
+        let f = std::fs::File::open(&host).expect("open host file");
+        f.sync_all().expect("fsync");
+        fadvise(&f, 0, None, Advice::DontNeed).expect("fadvise DONTNEED");
+        fadvise(&f, 0, None, Advice::Random).expect("fadvise RANDOM");
+        let mut warm = vec![0; cached];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut warm, from).expect("warm");
+    };
+    let file = fs
+        .open(&p("/f"), OpenFlags::READ, &FileAttributes::new())
+        .await
+        .expect("open");
+    for (offset, len, cached) in [
+        (0u64, 256 * 1024u32, 64 * 1024), // the first quarter cached
+        (256 * 1024, 128 * 1024, 0),      // nothing cached
+        (384 * 1024, 256 * 1024, 0),      // past the end, nothing cached
+        (0, 64 * 1024, 64 * 1024),        // all cached
+    ] {
+        cache_only(offset, cached);
+        let mut buf = BytesMut::with_capacity(8 + len as usize);
+        buf.extend_from_slice(b"kept");
+        let n = file.read(offset, len, &mut buf).await.expect("read");
+        let end = (offset as usize + len as usize).min(content.len());
+        assert_eq!(n, end - offset as usize, "no short read at {offset}");
+        assert_eq!(&buf[..4], b"kept");
+        assert_eq!(
+            &buf[4..],
+            &content[offset as usize..end],
+            "bytes at {offset}"
+        );
+    }
+    let mut buf = BytesMut::new();
+    let err = file
+        .read(content.len() as u64, 10, &mut buf)
+        .await
+        .expect_err("eof");
+    assert!(matches!(err, FsError::Eof));
+    assert!(buf.is_empty());
+    file.close().await.expect("close");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_batches_and_dot_entries() {
     let (dir, fs) = fresh();

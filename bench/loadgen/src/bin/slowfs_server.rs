@@ -54,15 +54,16 @@ struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// Set TCP_NODELAY on the listening socket (Linux copies it to accepted sockets).
-    /// `Server::run` does not set it on the sockets it accepts (russh applies its `nodelay`
-    /// only in its own accept loop), so without this Nagle's algorithm is on, as in
-    /// `sftpgate serve` today; this switch measures the difference.
+    /// `Server::run` sets it on every accepted socket itself now; kept so that older
+    /// command lines still run.
     #[arg(long)]
     nodelay: bool,
-    /// How file reads and writes reach the disk: `local` (LocalFs: one `spawn_blocking`
-    /// per request) or `inline` (experiment: pread/pwrite on the runtime worker itself, on
-    /// a second descriptor of the file opened without the jail; fine on tmpfs and in the
-    /// page cache, blocks the worker on a slow disk).
+    /// How file reads and writes reach the disk: `local` (LocalFs: page-cache reads
+    /// inline, the rest on the file's lane of a few pool threads), `spawn` (one
+    /// `spawn_blocking` per request, as LocalFs did before its lanes) or `inline`
+    /// (pread/pwrite on the runtime worker itself; fine on tmpfs and in the page cache,
+    /// blocks the worker on a slow disk). `spawn` and `inline` use a second descriptor of
+    /// the file, opened without the jail: experiments for choosing the I/O path.
     #[arg(long, value_enum, default_value = "local")]
     io: Io,
 }
@@ -70,6 +71,7 @@ struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Io {
     Local,
+    Spawn,
     Inline,
 }
 
@@ -204,7 +206,7 @@ impl SftpFactory<()> for SlowFactory {
         Ok(Arc::new(SlowFs {
             inner,
             delay: self.delay,
-            inline_root: (self.io == Io::Inline).then(|| self.root.clone()),
+            plain: (self.io != Io::Local).then(|| (self.root.clone(), self.io == Io::Spawn)),
         }))
     }
 }
@@ -213,8 +215,9 @@ impl SftpFactory<()> for SlowFactory {
 struct SlowFs {
     inner: LocalFs,
     delay: Duration,
-    /// `--io inline`: the root, to open a second, plain descriptor of each file.
-    inline_root: Option<PathBuf>,
+    /// `--io spawn|inline`: the root, to open a second, plain descriptor of each file, and
+    /// whether its operations go to `spawn_blocking`.
+    plain: Option<(PathBuf, bool)>,
 }
 
 #[async_trait::async_trait]
@@ -226,10 +229,10 @@ impl Filesystem for SlowFs {
         attrs: &FileAttributes,
     ) -> Result<Box<dyn File>, FsError> {
         let inner = self.inner.open(path, flags, attrs).await?;
-        let inline = match &self.inline_root {
+        let plain = match &self.plain {
             // The jailed open above created or truncated the file and checked the path;
             // this one only gives a descriptor for pread/pwrite on the worker thread.
-            Some(root) if !flags.contains(OpenFlags::APPEND) => {
+            Some((root, spawn)) if !flags.contains(OpenFlags::APPEND) => {
                 use std::os::unix::ffi::OsStrExt as _;
                 let host = root.join(std::ffi::OsStr::from_bytes(path.relative()));
                 let file = std::fs::OpenOptions::new()
@@ -237,14 +240,14 @@ impl Filesystem for SlowFs {
                     .write(flags.contains(OpenFlags::WRITE))
                     .open(host)
                     .map_err(|e| FsError::Other(format!("inline open: {e}")))?;
-                Some(file)
+                Some((Arc::new(file), *spawn))
             }
             _ => None,
         };
         Ok(Box::new(SlowFile {
             inner,
             delay: self.delay,
-            inline,
+            plain,
         }))
     }
     async fn opendir(&self, path: &VPath) -> Result<Box<dyn Dir>, FsError> {
@@ -300,8 +303,9 @@ impl Filesystem for SlowFs {
 struct SlowFile {
     inner: Box<dyn File>,
     delay: Duration,
-    /// `--io inline`: reads and writes go here, on the calling thread.
-    inline: Option<std::fs::File>,
+    /// `--io spawn|inline`: reads and writes go here, on `spawn_blocking` or the calling
+    /// thread.
+    plain: Option<(Arc<std::fs::File>, bool)>,
 }
 
 #[async_trait::async_trait]
@@ -310,7 +314,28 @@ impl File for SlowFile {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        if let Some(file) = &self.inline {
+        if let Some((file, true)) = &self.plain {
+            use std::os::unix::fs::FileExt as _;
+            let file = file.clone();
+            let mut chunk = buf.split_off(buf.len());
+            let chunk = tokio::task::spawn_blocking(move || {
+                chunk.resize(len as usize, 0);
+                let n = file.read_at(&mut chunk[..], offset)?;
+                chunk.truncate(n);
+                Ok::<_, std::io::Error>(chunk)
+            })
+            .await
+            .map_err(|e| FsError::Other(format!("spawn read: {e}")))?
+            .map_err(|e| FsError::Other(format!("spawn read: {e}")))?;
+            let n = chunk.len();
+            buf.unsplit(chunk);
+            return if n == 0 && len > 0 {
+                Err(FsError::Eof)
+            } else {
+                Ok(n)
+            };
+        }
+        if let Some((file, false)) = &self.plain {
             use std::os::unix::fs::FileExt as _;
             let start = buf.len();
             buf.resize(start + len as usize, 0);
@@ -329,7 +354,15 @@ impl File for SlowFile {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        if let Some(file) = &self.inline {
+        if let Some((file, true)) = &self.plain {
+            use std::os::unix::fs::FileExt as _;
+            let file = file.clone();
+            return tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
+                .await
+                .map_err(|e| FsError::Other(format!("spawn write: {e}")))?
+                .map_err(|e| FsError::Other(format!("spawn write: {e}")));
+        }
+        if let Some((file, false)) = &self.plain {
             use std::os::unix::fs::FileExt as _;
             return file
                 .write_all_at(&data, offset)
