@@ -13,6 +13,7 @@ mod sftp_server_common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::{require, run, Output};
 use interop_support::{
@@ -290,6 +291,575 @@ fn python_scenario(lib: &str, t: &Target) -> Outcome {
     }
     o.hash("got.bin", &t.local.join("got.bin"));
     o.hash("partial.bin", &t.local.join("partial.bin"));
+    o.tree("remote tree", t);
+    o
+}
+
+// ---------------------------------------------------------------------------------------
+// rclone (sftp backend, configured on the command line; no config file in $HOME)
+
+#[test]
+fn rclone() {
+    if !require(&["rclone"]) {
+        return;
+    }
+    let Some(pair) = Pair::start() else { return };
+    eprintln!("client: {}", version(Command::new("rclone").arg("version")));
+    let [gate, openssh] = pair.compare("rclone", rclone_scenario);
+    for o in [&gate, &openssh] {
+        assert_eq!(o.get("copy tree exit"), Some("0"), "{o}");
+        assert_eq!(o.get("check --download exit"), Some("0"), "{o}");
+        assert_eq!(o.get("copy back"), Some("same as local (7 entries)"), "{o}");
+        assert_eq!(o.get("got.bin"), Some(file_hash_of_data().as_str()), "{o}");
+        assert_ne!(o.get("cat missing exit"), Some("0"), "{o}");
+    }
+}
+
+fn rclone_scenario(t: &Target) -> Outcome {
+    // A changed copy of the tree for `sync`: one file gone, one changed, one new.
+    let tree2 = t.local.join("tree2");
+    copy_dir(&t.local.join("tree"), &tree2);
+    std::fs::remove_file(tree2.join("a.bin")).expect("editing tree2");
+    std::fs::write(tree2.join("sub/deeper/c.txt"), "changed\n").expect("editing tree2");
+    std::fs::write(tree2.join("new.txt"), "new\n").expect("editing tree2");
+    // An empty config file of its own: nothing from $HOME, no "config not found" notice.
+    let config = t.scratch.join("rclone.conf");
+    std::fs::write(&config, "").expect("writing rclone.conf");
+    // shell_type=none: no commands over `exec` (sftpgate serves only the sftp subsystem;
+    // OpenSSH would run md5sum), so both are plain SFTP.
+    let remote = |path: &str| {
+        format!(
+            ":sftp,host=127.0.0.1,port={},user={},key_file='{}',shell_type=none:{path}",
+            t.port,
+            t.user,
+            t.key.display()
+        )
+    };
+    let mut o = Outcome::new();
+    let rclone = |o: &mut Outcome, step: &str, args: &[&str]| -> Output {
+        let mut cmd = Command::new("rclone");
+        cmd.current_dir(&t.local)
+            .env("RCLONE_CONFIG", &config)
+            .env_remove("SSH_AUTH_SOCK")
+            .args(["--retries", "1", "--low-level-retries", "1"])
+            .args(args);
+        let out = run(&mut cmd, CLIENT_TIMEOUT);
+        // Only the exit code (rclone's error class): its messages quote each server's own
+        // wording of the status.
+        o.step(
+            &format!("{step} exit"),
+            out.status
+                .code()
+                .map_or("signal".to_owned(), |c| c.to_string()),
+        );
+        out
+    };
+    rclone(
+        &mut o,
+        "copy tree",
+        &["copy", "tree", &remote("tree"), "--transfers", "8"],
+    );
+    rclone(
+        &mut o,
+        "copyto data.bin",
+        &["copyto", "data.bin", &remote("data.bin")],
+    );
+    rclone(
+        &mut o,
+        "copy small files",
+        &["copy", ".", &remote(""), "--include", "/*.txt"],
+    );
+    rclone(
+        &mut o,
+        "check --download",
+        &["check", "tree", &remote("tree"), "--download"],
+    );
+    let out = rclone(
+        &mut o,
+        "lsf -R",
+        &["lsf", "-R", "--format", "ps", &remote("")],
+    );
+    o.step("lsf -R", sorted_lines(&out.stdout));
+    rclone(
+        &mut o,
+        "copy back",
+        &["copy", &remote("tree"), "back", "--transfers", "8"],
+    );
+    o.step(
+        "copy back",
+        common_tree(&t.local.join("tree"), &t.local.join("back")),
+    );
+    rclone(
+        &mut o,
+        "copyto back",
+        &["copyto", &remote("data.bin"), "got.bin"],
+    );
+    o.hash("got.bin", &t.local.join("got.bin"));
+    rclone(
+        &mut o,
+        "sync",
+        &["sync", "tree2", &remote("tree"), "--transfers", "8"],
+    );
+    rclone(
+        &mut o,
+        "check after sync",
+        &["check", "tree2", &remote("tree"), "--download"],
+    );
+    rclone(&mut o, "mkdir", &["mkdir", &remote("dir")]);
+    rclone(
+        &mut o,
+        "moveto new name",
+        &["moveto", &remote("data.bin"), &remote("dir/moved.bin")],
+    );
+    rclone(
+        &mut o,
+        "moveto over existing",
+        &["moveto", &remote("other.txt"), &remote("small.txt")],
+    );
+    rclone(&mut o, "mkdir empty", &["mkdir", &remote("empty")]);
+    rclone(&mut o, "rmdir empty", &["rmdir", &remote("empty")]);
+    rclone(&mut o, "rmdir non-empty", &["rmdir", &remote("dir")]);
+    rclone(&mut o, "deletefile", &["deletefile", &remote("small.txt")]);
+    rclone(
+        &mut o,
+        "deletefile again",
+        &["deletefile", &remote("small.txt")],
+    );
+    rclone(
+        &mut o,
+        "touch -t",
+        &["touch", "-t", "2001-09-09T01:46:40", &remote("touched.txt")],
+    );
+    o.step(
+        "touched mtime",
+        mtime(&t.root.join("touched.txt")).map_or("missing".to_owned(), |m| m.to_string()),
+    );
+    rclone(&mut o, "cat missing", &["cat", &remote("missing.txt")]);
+    rclone(&mut o, "purge", &["purge", &remote("dir")]);
+    o.tree("remote tree", t);
+    o
+}
+
+fn sorted_lines(text: &str) -> String {
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    lines.join("\n")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("creating a directory");
+    for entry in std::fs::read_dir(from).expect("listing a directory") {
+        let entry = entry.expect("an entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copying a file");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// lftp (sftp:// through OpenSSH's ssh; mirror both ways, in parallel)
+
+#[test]
+fn lftp() {
+    if !require(&["lftp", "ssh"]) {
+        return;
+    }
+    let Some(pair) = Pair::start() else { return };
+    eprintln!("client: {}", version(Command::new("lftp").arg("--version")));
+    let [gate, openssh] = pair.compare("lftp", lftp_scenario);
+    for o in [&gate, &openssh] {
+        assert_eq!(o.get("exit"), Some("0"), "{o}");
+        assert!(o.contains("OK mirror -R"), "{o}");
+        assert_eq!(
+            o.get("mirror back"),
+            Some("same as local (7 entries)"),
+            "{o}"
+        );
+        assert_eq!(o.get("got.bin"), Some(file_hash_of_data().as_str()), "{o}");
+        assert_eq!(
+            o.get("partial.bin"),
+            Some(file_hash_of_data().as_str()),
+            "{o}"
+        );
+    }
+}
+
+fn lftp_scenario(t: &Target) -> Outcome {
+    seed_partial_remote(t, "resumed.bin");
+    let tree2 = t.local.join("tree2");
+    copy_dir(&t.local.join("tree"), &tree2);
+    std::fs::remove_file(tree2.join("a.bin")).expect("editing tree2");
+    std::fs::write(tree2.join("new.txt"), "new\n").expect("editing tree2");
+    // lftp runs `ssh` itself: the same options as every other OpenSSH client here.
+    let ssh = format!("ssh -a -x {}", t.ssh_options().join(" "));
+    let steps = [
+        ("mirror -R", "mirror -R --parallel=4 tree tree"),
+        ("mirror back", "mirror --parallel=4 tree back"),
+        (
+            "mirror -R --delete",
+            "mirror -R --delete --parallel=4 tree2 tree",
+        ),
+        ("put", "put data.bin"),
+        ("put small", "put small.txt"),
+        ("put other", "put other.txt"),
+        ("get", "get data.bin -o got.bin"),
+        ("put -c (resume)", "put -c data.bin -o resumed.bin"),
+        ("get -c (resume)", "get -c data.bin -o partial.bin"),
+        ("mkdir", "mkdir dir"),
+        ("mkdir again", "mkdir dir"),
+        ("mv new name", "mv data.bin dir/moved.bin"),
+        ("mv over existing", "mv other.txt small.txt"),
+        ("mkdir empty", "mkdir empty"),
+        ("rmdir empty", "rmdir empty"),
+        ("rmdir non-empty", "rmdir dir"),
+        ("ln -s", "ln -s small.txt sym"),
+        ("chmod", "chmod 600 small.txt"),
+        ("put doomed", "put small.txt -o doomed.txt"),
+        ("rm", "rm doomed.txt"),
+        ("rm again", "rm doomed.txt"),
+        ("get missing", "get missing.txt -o missing.txt"),
+        ("cls", "cls -1 --sort=name"),
+        ("cls dir", "cls -1 --sort=name dir/"),
+    ];
+    let mut script = format!(
+        "set cmd:fail-exit no\n\
+         set net:max-retries 1\n\
+         set net:reconnect-interval-base 1\n\
+         set xfer:clobber on\n\
+         set sftp:connect-program \"{ssh}\"\n\
+         open -u {}, -p {} sftp://127.0.0.1\n",
+        t.user, t.port
+    );
+    for (name, cmd) in steps {
+        // lftp's `&&`/`||`: one marker line per step on stdout, whatever it printed.
+        script.push_str(&format!(
+            "echo \"== {name}\"; {cmd} && echo \"OK {name}\" || echo \"FAIL {name}\"\n"
+        ));
+    }
+    let file = t.scratch.join("lftp-script");
+    std::fs::write(&file, script).expect("writing the lftp script");
+    let mut cmd = Command::new("lftp");
+    cmd.current_dir(&t.local)
+        .env("HOME", &t.scratch)
+        .env_remove("SSH_AUTH_SOCK")
+        .arg("-f")
+        .arg(&file);
+    let out = run(&mut cmd, CLIENT_TIMEOUT);
+    let mut o = Outcome::new();
+    o.step(
+        "exit",
+        out.status
+            .code()
+            .map_or("signal".to_owned(), |c| c.to_string()),
+    );
+    // stdout: the markers and the listings. stderr (lftp's messages, quoting each server's
+    // wording) only on failure, through the markers.
+    o.step("stdout", t.normalise(out.stdout.trim_end()));
+    o.step(
+        "mirror back",
+        common_tree(&t.local.join("tree"), &t.local.join("back")),
+    );
+    o.hash("got.bin", &t.local.join("got.bin"));
+    o.hash("partial.bin", &t.local.join("partial.bin"));
+    o.tree("remote tree", t);
+    o
+}
+
+// ---------------------------------------------------------------------------------------
+// curl sftp:// (libssh2)
+
+#[test]
+fn curl() {
+    if !require(&["curl"]) {
+        return;
+    }
+    let protocols = run(Command::new("curl").arg("-V"), Duration::from_secs(10)).stdout;
+    if !protocols
+        .lines()
+        .any(|l| l.starts_with("Protocols:") && l.split_whitespace().any(|p| p == "sftp"))
+    {
+        interop_support::skip("the installed curl has no sftp protocol (curl -V)");
+        return;
+    }
+    let Some(pair) = Pair::start() else { return };
+    eprintln!("client: {}", version(Command::new("curl").arg("-V")));
+    let [gate, openssh] = pair.compare("curl", curl_scenario);
+    for o in [&gate, &openssh] {
+        assert_eq!(o.get("upload exit"), Some("0"), "{o}");
+        assert_eq!(o.get("got.bin"), Some(file_hash_of_data().as_str()), "{o}");
+        assert_eq!(
+            o.get("partial.bin"),
+            Some(file_hash_of_data().as_str()),
+            "{o}"
+        );
+        assert_eq!(o.get("download missing exit"), Some("78"), "{o}");
+    }
+}
+
+fn curl_scenario(t: &Target) -> Outcome {
+    seed_partial_remote(t, "resumed.bin");
+    let url = |rel: &str| format!("sftp://127.0.0.1:{}/~/{rel}", t.port);
+    let abs = |rel: &str| t.remote_abs(rel);
+    let pubkey = t.key.with_extension("pub");
+    let mut o = Outcome::new();
+    let curl = |o: &mut Outcome, step: &str, args: &[&str]| -> Output {
+        let mut cmd = Command::new("curl");
+        cmd.current_dir(&t.local)
+            // No known_hosts of its own: -k (curl skips the host key check for SFTP).
+            .env("HOME", &t.scratch)
+            .env_remove("SSH_AUTH_SOCK")
+            .args(["-sS", "-k", "--key"])
+            .arg(&t.key)
+            .arg("--pubkey")
+            .arg(&pubkey)
+            .args(["-u", &format!("{}:", t.user)])
+            .args(args);
+        let out = run(&mut cmd, CLIENT_TIMEOUT);
+        o.command(step, t, &out);
+        out
+    };
+    curl(&mut o, "upload", &["-T", "data.bin", &url("data.bin")]);
+    curl(
+        &mut o,
+        "upload small",
+        &["-T", "small.txt", &url("small.txt")],
+    );
+    curl(
+        &mut o,
+        "upload other",
+        &["-T", "other.txt", &url("other.txt")],
+    );
+    curl(&mut o, "download", &["-o", "got.bin", &url("data.bin")]);
+    o.hash("got.bin", &t.local.join("got.bin"));
+    curl(
+        &mut o,
+        "resume upload",
+        &["-C", "-", "-T", "data.bin", &url("resumed.bin")],
+    );
+    curl(
+        &mut o,
+        "resume download",
+        &["-C", "-", "-o", "partial.bin", &url("data.bin")],
+    );
+    o.hash("partial.bin", &t.local.join("partial.bin"));
+    let out = curl(&mut o, "list-only", &["-l", &url("")]);
+    o.step("list-only", sorted_lines(&out.stdout));
+    curl(
+        &mut o,
+        "upload --ftp-create-dirs",
+        &[
+            "--ftp-create-dirs",
+            "-T",
+            "small.txt",
+            &url("made/sub/x.txt"),
+        ],
+    );
+    let quote = |o: &mut Outcome, step: &str, command: String| {
+        curl(o, step, &["-Q", &command, "-o", "/dev/null", &url("")]);
+    };
+    quote(&mut o, "mkdir", format!("mkdir {}", abs("dir")));
+    quote(&mut o, "mkdir again", format!("mkdir {}", abs("dir")));
+    quote(
+        &mut o,
+        "rename new name",
+        format!("rename {} {}", abs("data.bin"), abs("dir/moved.bin")),
+    );
+    quote(
+        &mut o,
+        "rename over existing",
+        format!("rename {} {}", abs("other.txt"), abs("small.txt")),
+    );
+    quote(&mut o, "rmdir non-empty", format!("rmdir {}", abs("dir")));
+    quote(
+        &mut o,
+        "symlink",
+        format!("symlink {} {}", "small.txt", abs("sym")),
+    );
+    quote(&mut o, "chmod", format!("chmod 600 {}", abs("small.txt")));
+    quote(&mut o, "rm", format!("rm {}", abs("other.txt")));
+    quote(&mut o, "rm again", format!("rm {}", abs("other.txt")));
+    curl(
+        &mut o,
+        "download missing",
+        &["-o", "missing.txt", &url("missing.txt")],
+    );
+    o.tree("remote tree", t);
+    o
+}
+
+// ---------------------------------------------------------------------------------------
+// sshfs (FUSE)
+
+#[test]
+fn sshfs() {
+    if !require(&["sshfs", "fusermount3"]) {
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        interop_support::skip("/dev/fuse does not exist here (no FUSE)");
+        return;
+    }
+    let Some(pair) = Pair::start() else { return };
+    eprintln!(
+        "client: {}",
+        version(Command::new("sshfs").arg("--version"))
+    );
+    let Some(mounted) = sshfs_mount(&pair.targets[0]) else {
+        return;
+    };
+    drop(mounted);
+    let [gate, openssh] = pair.compare("sshfs", sshfs_scenario);
+    for o in [&gate, &openssh] {
+        assert_eq!(o.get("copy in"), Some("ok"), "{o}");
+        assert_eq!(
+            o.get("read back"),
+            Some(file_hash_of_data().as_str()),
+            "{o}"
+        );
+        assert_eq!(
+            o.get("mtime after touch"),
+            Some(STAMP.to_string().as_str()),
+            "{o}"
+        );
+    }
+}
+
+/// A mounted sshfs, unmounted when dropped.
+struct Mounted {
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = run(
+            Command::new("fusermount3").arg("-u").arg(&self.dir),
+            Duration::from_secs(20),
+        );
+    }
+}
+
+/// Mounts `t`'s start directory, or `None` after a skip message when FUSE mounts are not
+/// allowed here (a container without the capability): that is the environment, not a
+/// client that .ci/run failed to install.
+fn sshfs_mount(t: &Target) -> Option<Mounted> {
+    let dir = t.scratch.join("mnt");
+    let _ = std::fs::create_dir(&dir);
+    let opts = format!(
+        "IdentityFile={},IdentitiesOnly=yes,StrictHostKeyChecking=no,\
+         UserKnownHostsFile=/dev/null,BatchMode=yes,LogLevel=ERROR",
+        t.key.display()
+    );
+    let out = run(
+        Command::new("sshfs")
+            .env_remove("SSH_AUTH_SOCK")
+            .args(["-F", "/dev/null", "-p", &t.port.to_string(), "-o", &opts])
+            .arg(format!("{}@127.0.0.1:", t.user))
+            .arg(&dir),
+        CLIENT_TIMEOUT,
+    );
+    if !out.status.success() {
+        let why = out.stderr.trim();
+        if why.contains("fuse") || why.contains("fusermount") {
+            eprintln!("skipping: sshfs cannot mount here (FUSE not usable): {why}");
+            return None;
+        }
+        panic!("sshfs failed against {}\n{}", t.label, out.show());
+    }
+    Some(Mounted { dir })
+}
+
+fn sshfs_scenario(t: &Target) -> Outcome {
+    let mounted = sshfs_mount(t).expect("mounted once already");
+    let m = mounted.dir.clone();
+    let mut o = Outcome::new();
+    let mut step = |name: &str, result: std::io::Result<String>| {
+        o.step(
+            name,
+            match result {
+                Ok(v) => v,
+                Err(e) => format!("error {:?}", e.kind()),
+            },
+        );
+    };
+    let ok = |r: std::io::Result<()>| r.map(|()| "ok".to_owned());
+    step(
+        "copy in",
+        std::fs::copy(t.local.join("data.bin"), m.join("data.bin")).map(|_| "ok".to_owned()),
+    );
+    step("read back", Ok(file_hash(&m.join("data.bin"))));
+    step(
+        "write small",
+        ok(std::fs::write(m.join("small.txt"), "small\n")),
+    );
+    step(
+        "write other",
+        ok(std::fs::write(m.join("other.txt"), "other text\n")),
+    );
+    step("mkdir", ok(std::fs::create_dir(m.join("dir"))));
+    step("mkdir again", ok(std::fs::create_dir(m.join("dir"))));
+    step(
+        "rename new name",
+        ok(std::fs::rename(m.join("data.bin"), m.join("dir/moved.bin"))),
+    );
+    step(
+        "rename over existing",
+        ok(std::fs::rename(m.join("other.txt"), m.join("small.txt"))),
+    );
+    step("read renamed", std::fs::read_to_string(m.join("small.txt")));
+    step("rmdir non-empty", ok(std::fs::remove_dir(m.join("dir"))));
+    step(
+        "symlink",
+        ok(std::os::unix::fs::symlink("small.txt", m.join("sym"))),
+    );
+    step(
+        "readlink",
+        std::fs::read_link(m.join("sym")).map(|p| p.display().to_string()),
+    );
+    step(
+        "chmod",
+        ok(std::fs::set_permissions(
+            m.join("small.txt"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )),
+    );
+    step(
+        "touch",
+        std::fs::File::options()
+            .write(true)
+            .open(m.join("small.txt"))
+            .and_then(|f| {
+                let at = std::time::UNIX_EPOCH + Duration::from_secs(STAMP as u64);
+                f.set_times(std::fs::FileTimes::new().set_modified(at).set_accessed(at))
+            })
+            .map(|()| "ok".to_owned()),
+    );
+    step(
+        "mtime after touch",
+        std::fs::metadata(m.join("small.txt")).map(|meta| {
+            use std::os::unix::fs::MetadataExt as _;
+            meta.mtime().to_string()
+        }),
+    );
+    step(
+        "append (resume)",
+        std::fs::File::options()
+            .append(true)
+            .open(m.join("small.txt"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"more\n"))
+            .map(|()| "ok".to_owned()),
+    );
+    step("remove", ok(std::fs::remove_file(m.join("small.txt"))));
+    step(
+        "remove again",
+        ok(std::fs::remove_file(m.join("small.txt"))),
+    );
+    step("read missing", std::fs::read_to_string(m.join("missing")));
+    step("listing", Ok(local_names(&m)));
+    step("listing dir", Ok(local_names(&m.join("dir"))));
+    drop(mounted);
     o.tree("remote tree", t);
     o
 }

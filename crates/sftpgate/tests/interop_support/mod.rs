@@ -354,6 +354,10 @@ pub fn assert_same(client: &str, gate: &Outcome, openssh: &Outcome) {
             "{client}: {} observations identical against sftpgate and OpenSSH",
             gate.lines.len()
         );
+        // INTEROP_SHOW=1: print them (what docs/interop.md summarises).
+        if std::env::var_os("INTEROP_SHOW").is_some() {
+            eprintln!("{gate}");
+        }
         return;
     }
     let mut diff = String::new();
