@@ -49,6 +49,26 @@ pub fn skip(why: &str) -> bool {
     false
 }
 
+/// Whether every program in `names` is on `PATH`; when one is missing, skips (or under
+/// CI=true fails) naming the Debian `packages` to install.
+pub fn require_client(names: &[&str], packages: &str) -> bool {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| {
+                dir.join(name)
+                    .metadata()
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+        })
+    };
+    let missing: Vec<&str> = names.iter().copied().filter(|n| !on_path(n)).collect();
+    missing.is_empty()
+        || skip(&format!(
+            "{} not found on PATH (apt-get install {packages}; .ci/run does)",
+            missing.join(", ")
+        ))
+}
+
 /// Whether `python3` can import `module` (skips or fails like [`require`] otherwise).
 pub fn require_python(module: &str) -> bool {
     if !require(&["python3"]) {
