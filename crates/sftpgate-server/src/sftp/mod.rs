@@ -315,6 +315,7 @@ struct Budgets {
     write_bytes: Arc<Semaphore>,
     read_bytes: Arc<Semaphore>,
     executing: Arc<Semaphore>,
+    max_read: u32,
 }
 
 impl Serving {
@@ -336,6 +337,7 @@ impl Serving {
                 limits.max_pending_read_bytes.max(limits.max_read as usize),
             )),
             executing: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            max_read: limits.max_read,
         };
         let (replies, reply_queue) = mpsc::unbounded_channel::<Outgoing>();
         let writer_task = tokio::spawn(writer::run(outlet.clone(), reply_queue).in_current_span());
@@ -377,17 +379,16 @@ impl Serving {
                     break 'session EndReason::Shutdown;
                 };
                 let access = Access::of(&request, |h| self.dispatcher.handles.is_append(h));
-                let (done, deps) = sequencer.admit(access);
+                let (done, deps, after) = sequencer.admit(access);
                 tasks.spawn(
                     request_task(RequestTask {
                         request,
                         deps,
+                        after,
                         done,
                         held,
                         dispatcher: self.dispatcher.clone(),
-                        read_bytes: budgets.read_bytes.clone(),
                         executing: budgets.executing.clone(),
-                        max_read: limits.max_read,
                         replies: replies.clone(),
                     })
                     .in_current_span(),
@@ -460,7 +461,26 @@ impl Serving {
             }
             _ => None,
         };
-        Some(Held { outstanding, write })
+        // A READ's reply is in memory until sent. Taken here, in arrival order, and not in
+        // the request's task: a task that has run waits to reply after the earlier requests
+        // on its handle (see the sequencer), and must never hold budget an earlier one is
+        // still waiting for.
+        let read = match request {
+            Request::Read { len, .. } => Some(
+                budgets
+                    .read_bytes
+                    .clone()
+                    .acquire_many_owned((*len).min(budgets.max_read).max(1))
+                    .await
+                    .ok()?,
+            ),
+            _ => None,
+        };
+        Some(Held {
+            outstanding,
+            write,
+            read,
+        })
     }
 
     /// Answers a packet that could not be decoded, when it had a request id.
@@ -490,32 +510,33 @@ struct Held {
     outstanding: OwnedSemaphorePermit,
     /// A WRITE's data, until it is stored.
     write: Option<OwnedSemaphorePermit>,
+    /// A READ's reply, until it has been sent.
+    read: Option<OwnedSemaphorePermit>,
 }
 
 struct RequestTask {
     request: Request,
     deps: Vec<CancellationToken>,
+    /// The previous request on the same handle: this one replies after it.
+    after: Option<CancellationToken>,
     done: CancellationToken,
     held: Held,
     dispatcher: Arc<Dispatcher>,
-    read_bytes: Arc<Semaphore>,
     executing: Arc<Semaphore>,
-    max_read: u32,
     replies: mpsc::UnboundedSender<Outgoing>,
 }
 
-/// One request: wait for the requests it is ordered after, take its budgets, run it, hand
-/// the reply to the writer.
+/// One request: wait for the requests it is ordered after, run it, wait until the previous
+/// request on its handle has replied, hand the reply to the writer.
 async fn request_task(task: RequestTask) {
     let RequestTask {
         request,
         deps,
+        after,
         done,
         held,
         dispatcher,
-        read_bytes,
         executing,
-        max_read,
         replies,
     } = task;
     // Completion is signalled however this task ends, aborted included.
@@ -523,13 +544,6 @@ async fn request_task(task: RequestTask) {
     for dep in &deps {
         dep.cancelled().await;
     }
-    let read_permit = match &request {
-        Request::Read { len, .. } => read_bytes
-            .acquire_many_owned((*len).min(max_read).max(1))
-            .await
-            .ok(),
-        _ => None,
-    };
     let running = executing.acquire_owned().await.ok();
     let id = request.id().unwrap_or(0);
     let name = request.packet_type();
@@ -547,13 +561,18 @@ async fn request_task(task: RequestTask) {
         out.clear();
         encode_status(&mut out, id, StatusCode::Failure, "Internal server error");
     }
-    drop(done);
+    if let Some(after) = after {
+        after.cancelled().await;
+    }
     let mut hold = vec![held.outstanding];
-    hold.extend(read_permit);
+    hold.extend(held.read);
     let _ = replies.send(Outgoing {
         bytes: out.freeze(),
         hold,
     });
+    // Only now, once the reply is queued: the requests ordered after this one reply after
+    // it (see the sequencer).
+    drop(done);
 }
 
 /// The VERSION reply: version 3 and the extensions served.

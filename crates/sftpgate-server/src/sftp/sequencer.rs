@@ -13,14 +13,23 @@
 //! - a path request that may change something (OPEN, REMOVE, RENAME, SETSTAT, …) is a
 //!   barrier: it waits for everything earlier, and everything later waits for it.
 //!
+//! Replies on one handle go out in request order: a READ or WRITE is also given the previous
+//! request on its handle, and replies only after that one has (it still runs concurrently
+//! with it). The protocol allows any reply order, but OpenSSH 9.2's `scp` (SFTP mode, which
+//! writes and reads "in place") truncates the file at the highest offset acknowledged in
+//! order, so a reply overtaking an earlier one on its handle silently cuts the file short
+//! (tests/interop.rs in crates/sftpgate, `openssh_scp`). OpenSSH's sftp-server answers
+//! everything in order.
+//!
 //! The sequencer is owned by the session's reader; tasks signal completion through their
-//! [`Done`] token, and finished entries are pruned lazily.
+//! [`Done`] token once their reply is queued, and finished entries are pruned lazily.
 
 use bytes::Bytes;
 use sftpgate_proto::{ExtendedRequest, Request};
 use tokio_util::sync::CancellationToken;
 
-/// Completion of one request: cancelled (in tokio-util's sense) when it finished.
+/// Completion of one request: cancelled (in tokio-util's sense) when it finished and its
+/// reply is queued.
 pub(crate) type Done = CancellationToken;
 
 /// What a request touches.
@@ -98,6 +107,13 @@ impl Access {
         }
     }
 
+    fn handle(&self) -> Option<&Bytes> {
+        match self {
+            Access::Range { handle, .. } | Access::WholeHandle { handle } => Some(handle),
+            Access::Barrier | Access::PathRead => None,
+        }
+    }
+
     fn may_write(&self) -> bool {
         match self {
             Access::Barrier | Access::WholeHandle { .. } => true,
@@ -146,9 +162,10 @@ pub(crate) struct Sequencer {
 }
 
 impl Sequencer {
-    /// Registers a new request: returns its completion token and the tokens of the earlier
-    /// requests it must wait for.
-    pub(crate) fn admit(&mut self, access: Access) -> (Done, Vec<Done>) {
+    /// Registers a new request: returns its completion token, the tokens of the earlier
+    /// requests it must wait for before it runs, and for a READ or WRITE the token of the
+    /// previous request on its handle, which it must wait for before it replies.
+    pub(crate) fn admit(&mut self, access: Access) -> (Done, Vec<Done>, Option<Done>) {
         self.entries.retain(|e| !e.done.is_cancelled());
         let deps = self
             .entries
@@ -156,12 +173,21 @@ impl Sequencer {
             .filter(|e| e.access.conflicts(&access))
             .map(|e| e.done.clone())
             .collect();
+        let after = match &access {
+            Access::Range { handle, .. } => self
+                .entries
+                .iter()
+                .rev()
+                .find(|e| e.access.handle() == Some(handle))
+                .map(|e| e.done.clone()),
+            _ => None,
+        };
         let done = Done::new();
         self.entries.push(Entry {
             access,
             done: done.clone(),
         });
-        (done, deps)
+        (done, deps, after)
     }
 }
 
@@ -181,8 +207,52 @@ mod tests {
     fn check(earlier: Access, later: Access, expected: bool) {
         let mut s = Sequencer::default();
         s.admit(earlier.clone());
-        let (_, deps) = s.admit(later.clone());
+        let (_, deps, _) = s.admit(later.clone());
         assert_eq!(deps.len() == 1, expected, "{earlier:?} then {later:?}");
+    }
+
+    /// Whether `later` replies after `earlier` (is given its token as `after`).
+    fn replies_after(earlier: Access, later: Access) -> bool {
+        let mut s = Sequencer::default();
+        s.admit(earlier);
+        s.admit(later).2.is_some()
+    }
+
+    #[test]
+    fn replies_on_one_handle_keep_request_order() {
+        assert!(replies_after(
+            range(b"h", 0, 10, false),
+            range(b"h", 10, 20, false)
+        ));
+        assert!(replies_after(
+            range(b"h", 0, 10, true),
+            range(b"h", 10, 20, true)
+        ));
+        let close = Access::WholeHandle {
+            handle: Bytes::from_static(b"h"),
+        };
+        assert!(replies_after(close, range(b"h", 0, 1, false)));
+        assert!(!replies_after(
+            range(b"g", 0, 10, true),
+            range(b"h", 0, 10, true)
+        ));
+        assert!(!replies_after(Access::PathRead, range(b"h", 0, 10, true)));
+    }
+
+    #[test]
+    fn replies_chain_to_the_latest_request_on_the_handle() {
+        let mut s = Sequencer::default();
+        s.admit(range(b"h", 0, 10, false));
+        let (second, _, _) = s.admit(range(b"h", 10, 20, false));
+        s.admit(range(b"g", 0, 10, false));
+        let (_, _, after) = s.admit(range(b"h", 20, 30, false));
+        let after = after.expect("a previous request on h");
+        assert!(!after.is_cancelled());
+        second.cancel();
+        assert!(
+            after.is_cancelled(),
+            "chained to the second request, not the first"
+        );
     }
 
     #[test]
@@ -229,9 +299,9 @@ mod tests {
     #[test]
     fn finished_requests_are_forgotten() {
         let mut s = Sequencer::default();
-        let (done, _) = s.admit(Access::Barrier);
+        let (done, _, _) = s.admit(Access::Barrier);
         done.cancel();
-        let (_, deps) = s.admit(Access::Barrier);
+        let (_, deps, _) = s.admit(Access::Barrier);
         assert!(deps.is_empty());
         assert_eq!(s.entries.len(), 1);
     }

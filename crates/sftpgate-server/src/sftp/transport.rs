@@ -80,11 +80,20 @@ impl Outlet for ChannelOutlet {
     async fn refuse(&self, message: &str) {
         let line = format!("sftpgate: {message}\r\n");
         let _ = self.0.extended_data_bytes(1, Bytes::from(line)).await;
-        let _ = self.0.exit_status(1).await;
-        self.finish().await;
+        self.end(1).await;
     }
 
     async fn finish(&self) {
+        self.end(0).await;
+    }
+}
+
+impl ChannelOutlet {
+    /// exit-status, EOF, CLOSE: what OpenSSH's sshd sends when its sftp subsystem ends.
+    /// Without the exit-status, `ssh` exits 255 and OpenSSH 9.2's `scp` (SFTP mode) reports
+    /// a transfer that worked as failed (tests/interop.rs, `openssh_scp`).
+    async fn end(&self, status: u32) {
+        let _ = self.0.exit_status(status).await;
         let _ = self.0.eof().await;
         let _ = self.0.close().await;
     }
