@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::admission::Ticket;
 use crate::config::ServerConfig;
 use crate::events::{Event, EventSink};
 use crate::hooks::{
@@ -51,6 +52,8 @@ pub(crate) struct Connection<A, H: Hooks, F> {
     sessions: TaskTracker,
     /// Set once step 1 succeeded (stops the login grace timer).
     pub(crate) authenticated: Arc<AtomicBool>,
+    /// The connection's place in the per-address, per-user and unauthenticated counts.
+    ticket: Arc<Ticket>,
     connection_end: watch::Receiver<Option<EndReason>>,
     /// Who the last accepted authentication was for, until `auth_succeeded` consumes it.
     accepted: Option<(String, AuthMethod)>,
@@ -83,6 +86,7 @@ where
         shutdown: CancellationToken,
         sessions: TaskTracker,
         authenticated: Arc<AtomicBool>,
+        ticket: Arc<Ticket>,
         connection_end: watch::Receiver<Option<EndReason>>,
         span: tracing::Span,
     ) -> Self {
@@ -93,6 +97,7 @@ where
             shutdown,
             sessions,
             authenticated,
+            ticket,
             connection_end,
             accepted: None,
             state: State::Authenticating,
@@ -249,6 +254,16 @@ where
             return Ok(());
         };
         self.span.record("user", user.as_str());
+        // Out of the unauthenticated budget, into the user's count; before the hook, so a
+        // user over the limit costs no setup.
+        if let Err(refusal) = self.ticket.authenticate(&user) {
+            metrics::counter!("sftpgate_connections_rejected_total", "reason" => refusal.label())
+                .increment(1);
+            tracing::warn!(parent: &self.span, user, reason = refusal.label(), "connection refused: {}", refusal.message());
+            self.state = State::Refused;
+            session.disconnect(Disconnect::TooManyConnections, &refusal.message(), "")?;
+            return Ok(());
+        }
         let info = Arc::new(ConnectionInfo {
             id: self.id,
             peer: self.peer,
