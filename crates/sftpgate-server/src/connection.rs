@@ -5,10 +5,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::FutureExt as _;
 use russh::keys::{HashAlg, PublicKey};
 use russh::server::{Auth, Handler, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect};
@@ -22,8 +24,8 @@ use crate::admission::Ticket;
 use crate::config::ServerConfig;
 use crate::events::{Event, EventSink};
 use crate::hooks::{
-    AuthMethod, Authenticator, ConnectionId, ConnectionInfo, Hooks, SessionId, SftpContext,
-    SftpFactory,
+    AuthMethod, Authenticator, ConnectionId, ConnectionInfo, HookError, Hooks, SessionId,
+    SftpContext, SftpFactory,
 };
 use crate::sftp::{self, SessionCore, SessionParams};
 
@@ -273,7 +275,12 @@ where
         let timeout = self.shared.config.timeouts.auth_completed;
         let started = Instant::now();
         let result = tokio::select! {
-            r = tokio::time::timeout(timeout, self.shared.hooks.auth_completed(&info)) => Some(r),
+            r = tokio::time::timeout(timeout, AssertUnwindSafe(self.shared.hooks.auth_completed(&info)).catch_unwind()) => Some(r.map(|r| r.unwrap_or_else(|panic| {
+                // A panicking hook is a failed one: this connection is refused, no other
+                // is touched.
+                tracing::error!(parent: &self.span, panic = crate::lifecycle::panic_message(&*panic), "auth-completed hook panicked");
+                Err(HookError::new("internal error in login setup"))
+            }))),
             () = self.shutdown.cancelled() => None,
         };
         let elapsed = started.elapsed();

@@ -301,6 +301,8 @@ pub struct HookBehavior {
     pub fail: Option<String>,
     /// Never returns.
     pub hang: bool,
+    /// Panics.
+    pub panic: bool,
 }
 
 /// How the recording SFTP factory behaves.
@@ -314,6 +316,8 @@ pub struct FactoryBehavior {
     pub hang: bool,
     /// Registers a cleanup that records [`Event::CleanupRan`].
     pub register_cleanup: bool,
+    /// Panics (after registering its cleanup).
+    pub panic: bool,
 }
 
 /// How the recording filesystem behaves.
@@ -333,6 +337,9 @@ pub struct FsBehavior {
     pub panic_on_stat: bool,
     /// Every `File::read` records [`Event::ReadHangs`] and never returns.
     pub read_hangs: bool,
+    /// `File::close` panics (after closing the real file and recording
+    /// [`Event::FileClose`] with `ok: false`).
+    pub close_panics: bool,
 }
 
 /// The path whose `stat` panics with [`FsBehavior::panic_on_stat`].
@@ -539,6 +546,9 @@ impl Hooks for RecordingHooks {
         if self.behavior.hang {
             std::future::pending::<()>().await;
         }
+        if self.behavior.panic {
+            panic!("auth_completed panics (test)");
+        }
         let result = match &self.behavior.fail {
             Some(message) => Err(HookError::new(message.clone())),
             None => Ok(state_of(connection.id)),
@@ -610,6 +620,10 @@ impl SftpFactory<String> for RecordingFactory {
         }
         if self.behavior.hang {
             self.never.notified().await;
+        }
+        if self.behavior.panic {
+            running.finished = true;
+            panic!("the SFTP factory panics (test)");
         }
         running.finished = true;
         if let Some(message) = &self.behavior.fail {
@@ -761,6 +775,13 @@ impl File for RecordingFile {
         let mut result = self.inner.close().await;
         if self.behavior.close_fails {
             result = Err(FsError::Other("simulated close failure".into()));
+        }
+        if self.behavior.close_panics {
+            self.log.push(Event::FileClose {
+                session: self.session,
+                ok: false,
+            });
+            panic!("File::close panics (test)");
         }
         self.log.push(Event::FileClose {
             session: self.session,
