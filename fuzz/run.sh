@@ -1,8 +1,10 @@
 #!/bin/sh
-# A bounded run of the `decode` fuzz target: FUZZ_SECONDS (default 60) of libFuzzer, starting
-# from the seeds in corpus/decode/ (left untouched: new inputs go to target/corpus-decode/).
-# Exits 0 with a reason when fuzzing cannot run here; exits non-zero when the fuzzer finds a
-# failing input (it lands in artifacts/decode/).
+# A bounded run of every fuzz target, one after the other: FUZZ_SECONDS (default 60) of
+# libFuzzer each, starting from the seeds in corpus/<target>/ (left untouched: new inputs go
+# to target/corpus-<target>/). Targets: `decode` (the codec) and `session` (the whole request
+# path: bytes → StreamSession → dispatcher → in-memory filesystem → replies). FUZZ_TARGETS
+# picks a subset. Exits 0 with a reason when fuzzing cannot run here; exits non-zero when a
+# fuzzer finds a failing input (it lands in artifacts/<target>/).
 #
 # cargo-fuzz needs nightly-only rustc flags (-Zsanitizer=address, sanitizer coverage). A
 # nightly toolchain is used when rustup has one; otherwise stable with RUSTC_BOOTSTRAP=1,
@@ -10,6 +12,7 @@
 set -eu
 cd "$(dirname "$0")"
 seconds=${FUZZ_SECONDS:-60}
+targets=${FUZZ_TARGETS:-decode session}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: skipped: cargo-fuzz is not installed (cargo install cargo-fuzz)"
@@ -25,11 +28,18 @@ else
     how="stable toolchain with RUSTC_BOOTSTRAP=1"
 fi
 
-if ! "$@" build decode; then
-    echo "fuzz: skipped: building the fuzz target failed with the $how (see above)"
-    exit 0
-fi
+for target in $targets; do
+    if ! "$@" build "$target"; then
+        echo "fuzz: skipped: building the fuzz target $target failed with the $how (see above)"
+        exit 0
+    fi
+done
 
-mkdir -p target/corpus-decode
-echo "fuzz: running decode for ${seconds}s ($how)"
-exec "$@" run decode target/corpus-decode corpus/decode -- -max_total_time="$seconds"
+for target in $targets; do
+    mkdir -p "target/corpus-$target"
+    echo "fuzz: running $target for ${seconds}s ($how)"
+    # -rss_limit_mb: a session holds at most ~1 MiB of files and bounded budgets; far more
+    # than that is a leak worth a failure.
+    "$@" run "$target" "target/corpus-$target" "corpus/$target" -- \
+        -max_total_time="$seconds" -rss_limit_mb=1024
+done

@@ -121,6 +121,19 @@ impl Default for Timeouts {
 pub struct Limits {
     /// Live connections in total; further ones are refused with a disconnect message.
     pub max_connections: usize,
+    /// Live connections from one source address (IPv4, or an IPv6 /64), authenticated or
+    /// not.
+    pub max_connections_per_address: usize,
+    /// Connections that have not authenticated yet, in total. Kept below `max_connections`
+    /// so that clients that never log in cannot take the slots of those that did.
+    pub max_unauthenticated: usize,
+    /// Connections that have not authenticated yet from one source address: what keeps a
+    /// single address that opens connections and sends nothing (slowloris) from filling
+    /// `max_unauthenticated`.
+    pub max_unauthenticated_per_address: usize,
+    /// Authenticated connections of one user; checked when authentication succeeds, before
+    /// the auth-completed hook runs.
+    pub max_connections_per_user: usize,
     /// SFTP sessions (channels) per connection.
     pub max_sessions_per_connection: usize,
     /// Storage operations running at once per session. 1 serves one request at a time, as
@@ -147,6 +160,10 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 1024,
+            max_connections_per_address: 64,
+            max_unauthenticated: 128,
+            max_unauthenticated_per_address: 8,
+            max_connections_per_user: 32,
             max_sessions_per_connection: 8,
             max_in_flight: 64,
             max_outstanding: 1024,

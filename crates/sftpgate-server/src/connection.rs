@@ -5,10 +5,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::FutureExt as _;
 use russh::keys::{HashAlg, PublicKey};
 use russh::server::{Auth, Handler, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect};
@@ -18,11 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::admission::Ticket;
 use crate::config::ServerConfig;
 use crate::events::{Event, EventSink};
 use crate::hooks::{
-    AuthMethod, Authenticator, ConnectionId, ConnectionInfo, Hooks, SessionId, SftpContext,
-    SftpFactory,
+    AuthMethod, Authenticator, ConnectionId, ConnectionInfo, HookError, Hooks, SessionId,
+    SftpContext, SftpFactory,
 };
 use crate::sftp::{self, SessionCore, SessionParams};
 
@@ -51,6 +54,8 @@ pub(crate) struct Connection<A, H: Hooks, F> {
     sessions: TaskTracker,
     /// Set once step 1 succeeded (stops the login grace timer).
     pub(crate) authenticated: Arc<AtomicBool>,
+    /// The connection's place in the per-address, per-user and unauthenticated counts.
+    ticket: Arc<Ticket>,
     connection_end: watch::Receiver<Option<EndReason>>,
     /// Who the last accepted authentication was for, until `auth_succeeded` consumes it.
     accepted: Option<(String, AuthMethod)>,
@@ -83,6 +88,7 @@ where
         shutdown: CancellationToken,
         sessions: TaskTracker,
         authenticated: Arc<AtomicBool>,
+        ticket: Arc<Ticket>,
         connection_end: watch::Receiver<Option<EndReason>>,
         span: tracing::Span,
     ) -> Self {
@@ -93,6 +99,7 @@ where
             shutdown,
             sessions,
             authenticated,
+            ticket,
             connection_end,
             accepted: None,
             state: State::Authenticating,
@@ -249,6 +256,16 @@ where
             return Ok(());
         };
         self.span.record("user", user.as_str());
+        // Out of the unauthenticated budget, into the user's count; before the hook, so a
+        // user over the limit costs no setup.
+        if let Err(refusal) = self.ticket.authenticate(&user) {
+            metrics::counter!("sftpgate_connections_rejected_total", "reason" => refusal.label())
+                .increment(1);
+            tracing::warn!(parent: &self.span, user, reason = refusal.label(), "connection refused: {}", refusal.message());
+            self.state = State::Refused;
+            session.disconnect(Disconnect::TooManyConnections, &refusal.message(), "")?;
+            return Ok(());
+        }
         let info = Arc::new(ConnectionInfo {
             id: self.id,
             peer: self.peer,
@@ -258,7 +275,12 @@ where
         let timeout = self.shared.config.timeouts.auth_completed;
         let started = Instant::now();
         let result = tokio::select! {
-            r = tokio::time::timeout(timeout, self.shared.hooks.auth_completed(&info)) => Some(r),
+            r = tokio::time::timeout(timeout, AssertUnwindSafe(self.shared.hooks.auth_completed(&info)).catch_unwind()) => Some(r.map(|r| r.unwrap_or_else(|panic| {
+                // A panicking hook is a failed one: this connection is refused, no other
+                // is touched.
+                tracing::error!(parent: &self.span, panic = crate::lifecycle::panic_message(&*panic), "auth-completed hook panicked");
+                Err(HookError::new("internal error in login setup"))
+            }))),
             () = self.shutdown.cancelled() => None,
         };
         let elapsed = started.elapsed();

@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod admission;
 mod config;
 mod connection;
 mod error;
@@ -48,7 +49,7 @@ pub use hooks::{
     AuthMethod, Authenticator, Cleanup, ConnectionId, ConnectionInfo, HookError, Hooks, NoHooks,
     SessionId, SftpContext, SftpFactory,
 };
-pub use server::{Server, ShutdownHandle};
+pub use server::{bind, Server, ShutdownHandle, LISTEN_BACKLOG};
 pub use stream::StreamSession;
 
 /// Re-exported so that library users name the same key types as the server.

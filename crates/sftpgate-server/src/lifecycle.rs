@@ -17,6 +17,16 @@ use tracing::Instrument as _;
 
 use crate::sftp::HandleTable;
 
+/// The message a panic was raised with, for the log (`"<no message>"` when it carried
+/// something other than a string).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("<no message>")
+}
+
 /// What ending a session takes: close what is open, then the filesystem's exit.
 pub(crate) struct Exit {
     pub(crate) fs: Arc<dyn Filesystem>,
@@ -48,10 +58,10 @@ impl Exit {
                         .record(started.elapsed().as_secs_f64());
                     tracing::info!(reason = %reason, elapsed = ?started.elapsed(), "session exit done");
                 }
-                Ok(Err(_panic)) => {
+                Ok(Err(panic)) => {
                     metrics::counter!("sftpgate_lifecycle_hook_failures_total", "step" => "exit")
                         .increment(1);
-                    tracing::error!(reason = %reason, "session exit panicked");
+                    tracing::error!(reason = %reason, panic = panic_message(&*panic), "session exit panicked");
                 }
                 Err(_) => {
                     metrics::counter!("sftpgate_lifecycle_hook_timeouts_total", "step" => "exit")

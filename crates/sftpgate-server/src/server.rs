@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use russh::Disconnect;
 use sftpgate_vfs::EndReason;
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::admission::{Admission, LogLimiter, Ticket};
 use crate::config::ServerConfig;
 use crate::connection::{Connection, Shared};
 use crate::error::Error;
@@ -27,6 +28,41 @@ const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
 const MAX_REFUSALS: usize = 32;
 /// How long telling one of them may take.
 const REFUSAL_TIME: Duration = Duration::from_secs(10);
+/// At most one log line per refusal reason this often (the counter counts every one).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The listen backlog [`bind`] asks for (the kernel caps it at `net.core.somaxconn`).
+/// tokio's `TcpListener::bind` asks for 128: a burst of a few hundred connections (a flood,
+/// or many clients reconnecting at once) then overflows the accept queue, and the
+/// connections past it, a real client's among them, wait for SYN-ACK retransmissions
+/// (1 s, 3 s, 7 s, …) before the server even sees them.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener on the first address `addr` resolves to, with [`LISTEN_BACKLOG`] and
+/// `SO_REUSEADDR` (as tokio's `bind`).
+pub async fn bind(addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the listen address resolved to nothing",
+        )
+    }))
+}
 
 /// An SFTP server: an authenticator, the lifecycle hooks and the SFTP factory, served on a
 /// TCP listener until [`ShutdownHandle::shutdown`] is called.
@@ -41,7 +77,7 @@ const REFUSAL_TIME: Duration = Duration::from_secs(10);
 ///     let _ = tokio::signal::ctrl_c().await;
 ///     stop.shutdown();
 /// });
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:2222").await?;
+/// let listener = sftpgate_server::bind("127.0.0.1:2222").await?;
 /// server.run(listener).await
 /// # }
 /// ```
@@ -50,7 +86,9 @@ pub struct Server<A, H, F> {
     russh: Arc<russh::server::Config>,
     shutdown: CancellationToken,
     connections: Arc<Semaphore>,
+    admission: Arc<Admission>,
     refusals: Arc<Semaphore>,
+    refusal_log: LogLimiter,
     next_connection: AtomicU64,
 }
 
@@ -96,6 +134,7 @@ where
         }
         let russh = Arc::new(config.russh_config());
         let connections = Arc::new(Semaphore::new(config.limits.max_connections.max(1)));
+        let admission = Admission::new(&config.limits);
         Ok(Server {
             shared: Arc::new(Shared {
                 config: Arc::new(config),
@@ -109,7 +148,9 @@ where
             russh,
             shutdown: CancellationToken::new(),
             connections,
+            admission,
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
+            refusal_log: LogLimiter::new(REFUSAL_LOG_INTERVAL),
             next_connection: AtomicU64::new(1),
         })
     }
@@ -178,11 +219,21 @@ where
         }
         let id = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
         let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-            metrics::counter!("sftpgate_connections_rejected_total", "reason" => "max_connections")
-                .increment(1);
-            tracing::warn!(%peer, "connection limit reached; connection refused");
-            self.refuse(stream);
+            let limit = self.shared.config.limits.max_connections;
+            self.refuse(
+                stream,
+                peer,
+                "max_connections",
+                format!("too many connections (limit {limit}); try again later"),
+            );
             return;
+        };
+        let ticket = match self.admission.admit(peer.ip()) {
+            Ok(ticket) => Arc::new(ticket),
+            Err(refusal) => {
+                self.refuse(stream, peer, refusal.label(), refusal.message());
+                return;
+            }
         };
         metrics::counter!("sftpgate_connections_total").increment(1);
         let span = tracing::info_span!("conn", conn = %id, %peer, user = tracing::field::Empty);
@@ -193,6 +244,7 @@ where
             stream,
             peer,
             id,
+            ticket,
             span: span.clone(),
         });
         self.shared.tracker.spawn(
@@ -208,10 +260,16 @@ where
 }
 
 impl<A, H, F> Server<A, H, F> {
-    /// Tells a client over the connection limit why it is turned away: key exchange, then
-    /// an SSH DISCONNECT "too many connections" (which OpenSSH prints). Boundedly many at
-    /// once, each bounded in time; past that the connection is just closed.
-    fn refuse(&self, stream: TcpStream) {
+    /// Turns away a connection over a limit: counted (`sftpgate_connections_rejected_total`
+    /// with `reason`), logged (at most once a second per reason, so that a flood does not
+    /// become a flood of log lines) and told why: key exchange, then an SSH DISCONNECT with
+    /// `message` (which OpenSSH prints). Boundedly many are told at once, each bounded in
+    /// time; past that the connection is just closed.
+    fn refuse(&self, stream: TcpStream, peer: SocketAddr, reason: &'static str, message: String) {
+        metrics::counter!("sftpgate_connections_rejected_total", "reason" => reason).increment(1);
+        if let Some(suppressed) = self.refusal_log.allow(reason, Instant::now()) {
+            tracing::warn!(%peer, reason, suppressed, "connection refused: {message}");
+        }
         let Ok(slot) = self.refusals.clone().try_acquire_owned() else {
             return;
         };
@@ -221,11 +279,7 @@ impl<A, H, F> Server<A, H, F> {
                 let running = russh::server::run_stream(russh, stream, Refuse).await?;
                 let _ = running
                     .handle()
-                    .disconnect(
-                        Disconnect::TooManyConnections,
-                        "too many connections; try again later".into(),
-                        String::new(),
-                    )
+                    .disconnect(Disconnect::TooManyConnections, message, String::new())
                     .await;
                 running.await
             };
@@ -257,6 +311,8 @@ struct ConnectionTask<A, H, F> {
     stream: TcpStream,
     peer: SocketAddr,
     id: ConnectionId,
+    /// The connection's place in the per-address, per-user and unauthenticated counts.
+    ticket: Arc<Ticket>,
     span: tracing::Span,
 }
 
@@ -273,6 +329,7 @@ where
         stream,
         peer,
         id,
+        ticket,
         span,
     } = task;
     let grace = shared.config.timeouts.login_grace;
@@ -286,6 +343,7 @@ where
         shutdown.clone(),
         sessions.clone(),
         authenticated.clone(),
+        ticket.clone(),
         end_rx,
         span,
     );
@@ -338,6 +396,8 @@ where
         }
     };
     tracing::info!(reason = %reason, "connection ended");
+    // The slots are free now, even if russh's task still holds the handler for a moment.
+    ticket.release();
     let _ = end_tx.send(Some(reason));
 }
 

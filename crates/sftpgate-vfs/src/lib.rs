@@ -17,6 +17,8 @@
 pub mod conformance;
 mod error;
 mod fs;
+#[cfg(feature = "memory")]
+pub mod memory;
 mod path;
 mod session;
 mod with_exit;

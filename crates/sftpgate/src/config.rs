@@ -153,6 +153,14 @@ impl Default for TimeoutsConfig {
 pub struct LimitsConfig {
     /// Live connections in total.
     pub max_connections: usize,
+    /// Live connections from one source address (IPv4, or an IPv6 /64).
+    pub max_connections_per_address: usize,
+    /// Connections not yet authenticated, in total (keep it below `max_connections`).
+    pub max_unauthenticated: usize,
+    /// Connections not yet authenticated from one source address.
+    pub max_unauthenticated_per_address: usize,
+    /// Authenticated connections of one user.
+    pub max_connections_per_user: usize,
     /// SFTP sessions per connection.
     pub max_sessions_per_connection: usize,
     /// Storage operations running at once per session (1: one at a time, like OpenSSH).
@@ -172,6 +180,10 @@ impl Default for LimitsConfig {
         let l = sftpgate_server::Limits::default();
         LimitsConfig {
             max_connections: l.max_connections,
+            max_connections_per_address: l.max_connections_per_address,
+            max_unauthenticated: l.max_unauthenticated,
+            max_unauthenticated_per_address: l.max_unauthenticated_per_address,
+            max_connections_per_user: l.max_connections_per_user,
             max_sessions_per_connection: l.max_sessions_per_connection,
             max_in_flight: l.max_in_flight,
             max_outstanding: l.max_outstanding,
@@ -215,6 +227,14 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.limits.max_in_flight == 0 {
             bail!("limits.max_in_flight must be at least 1");
+        }
+        let l = &self.limits;
+        if l.max_connections_per_address == 0
+            || l.max_unauthenticated == 0
+            || l.max_unauthenticated_per_address == 0
+            || l.max_connections_per_user == 0
+        {
+            bail!("limits.max_connections_per_address, max_unauthenticated, max_unauthenticated_per_address and max_connections_per_user must be at least 1 (0 would refuse every connection)");
         }
         if self.limits.max_read == 0 || self.limits.max_write == 0 {
             bail!("limits.max_read and limits.max_write must be positive");
@@ -268,6 +288,10 @@ impl Config {
         let max_packet = l.max_read.max(l.max_write) + 1024;
         sftpgate_server::Limits {
             max_connections: l.max_connections,
+            max_connections_per_address: l.max_connections_per_address,
+            max_unauthenticated: l.max_unauthenticated,
+            max_unauthenticated_per_address: l.max_unauthenticated_per_address,
+            max_connections_per_user: l.max_connections_per_user,
             max_sessions_per_connection: l.max_sessions_per_connection,
             max_in_flight: l.max_in_flight,
             max_outstanding: l.max_outstanding,

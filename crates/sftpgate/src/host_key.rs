@@ -36,11 +36,14 @@ pub fn load_or_generate(path: &Path) -> anyhow::Result<PrivateKey> {
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
+        // Like sshd ("UNPROTECTED PRIVATE KEY FILE"): whoever can read the key can pose as
+        // this server, and a refusal is what gets the mode fixed.
         bail!(
-            "host key {} is readable by others (mode {:o}); run `chmod 600 {}` first",
-            path.display(),
-            mode & 0o777,
-            path.display()
+            "refusing to start: host key {path} is accessible by group or others (mode {mode:03o}); \
+             anyone who can read it can impersonate this server. Run `chmod 600 {path}` \
+             (and replace the key if others may have copied it)",
+            path = path.display(),
+            mode = mode & 0o777,
         );
     }
     let text = std::fs::read_to_string(path)
@@ -71,6 +74,10 @@ mod tests {
         load_or_generate(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = load_or_generate(&path).unwrap_err().to_string();
-        assert!(err.contains("readable by others"), "{err}");
+        assert!(
+            err.contains("accessible by group or others (mode 644)"),
+            "{err}"
+        );
+        assert!(err.contains("chmod 600"), "{err}");
     }
 }

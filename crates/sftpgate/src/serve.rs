@@ -14,7 +14,6 @@ use sftpgate_server::{
     Cleanup, ConnectionInfo, HookError, Hooks, Server, ServerConfig, SftpContext, SftpFactory,
 };
 use sftpgate_vfs::Filesystem;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -38,7 +37,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let authenticator = StoreAuthenticator::new(store.clone(), config.auth_config())
         .await
         .context("setting up authentication")?;
-    let listener = TcpListener::bind(&config.listen)
+    let listener = sftpgate_server::bind(config.listen.as_str())
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let local = listener.local_addr()?;

@@ -2,10 +2,12 @@
 //! and directories, bounded in number, and all closed when the session ends.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use sftpgate_proto::OpenFlags;
 use sftpgate_vfs::{Dir, File, FsError, VPath};
 
@@ -112,7 +114,9 @@ impl HandleTable {
         self.lock().open.len()
     }
 
-    /// Closes every open handle and refuses new ones: the end of the session.
+    /// Closes every open handle and refuses new ones: the end of the session. A backend
+    /// whose `close` panics is logged and counted; the other handles are still closed and
+    /// the session's exit still runs after this.
     pub(crate) async fn close_all(&self) {
         let handles: Vec<Handle> = {
             let mut inner = self.lock();
@@ -121,8 +125,19 @@ impl HandleTable {
         };
         for handle in handles {
             if let Handle::File(f) = handle {
-                if let Err(e) = f.file.close().await {
-                    tracing::warn!(path = %f.path, error = %e, "closing a file left open failed");
+                match AssertUnwindSafe(f.file.close()).catch_unwind().await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(path = %f.path, error = %e, "closing a file left open failed");
+                    }
+                    Err(panic) => {
+                        metrics::counter!("sftpgate_request_panics_total").increment(1);
+                        tracing::error!(
+                            path = %f.path,
+                            panic = crate::lifecycle::panic_message(&*panic),
+                            "closing a file left open panicked"
+                        );
+                    }
                 }
             }
         }

@@ -43,7 +43,7 @@ pub(crate) use handles::HandleTable;
 use crate::config::ServerConfig;
 use crate::events::{Event, EventSink};
 use crate::hooks::{Cleanup, SftpContext, SftpFactory};
-use crate::lifecycle::{Exit, ExitGuard};
+use crate::lifecycle::{panic_message, Exit, ExitGuard};
 use dispatch::Dispatcher;
 use sequencer::{Access, Sequencer};
 use transport::{ChannelInlet, ChannelOutlet, Inbound, Inlet, Outlet};
@@ -110,9 +110,13 @@ where
     let run = AssertUnwindSafe(run_inner(factory, core, inlet, outlet)).catch_unwind();
     match run.await {
         Ok(reason) => reason,
-        Err(_) => {
+        Err(panic) => {
             metrics::counter!("sftpgate_session_panics_total").increment(1);
-            tracing::error!(%session, "SFTP session panicked; its exit runs as aborted");
+            tracing::error!(
+                %session,
+                panic = panic_message(&*panic),
+                "SFTP session panicked; its exit runs as aborted"
+            );
             Some(EndReason::Aborted)
         }
     }
@@ -147,7 +151,23 @@ where
     let mut cleanup = Cleanup::tracked(tracker.clone());
     let started = Instant::now();
     let outcome = {
-        let open = tokio::time::timeout(timeouts.sftp_factory, factory.open(&ctx, &mut cleanup));
+        // A panicking factory is a failed one: its cleanups run and the client is told.
+        let open = tokio::time::timeout(
+            timeouts.sftp_factory,
+            AssertUnwindSafe(factory.open(&ctx, &mut cleanup))
+                .catch_unwind()
+                .map(|result| {
+                    result.unwrap_or_else(|panic| {
+                        metrics::counter!("sftpgate_session_panics_total").increment(1);
+                        tracing::error!(
+                            session = %ctx.session,
+                            panic = panic_message(&*panic),
+                            "SFTP factory panicked"
+                        );
+                        Err(crate::HookError::new("internal error in session setup"))
+                    })
+                }),
+        );
         tokio::pin!(open);
         loop {
             tokio::select! {
@@ -551,13 +571,20 @@ async fn request_task(task: RequestTask) {
     let result = AssertUnwindSafe(dispatcher.dispatch(request, &mut out))
         .catch_unwind()
         .await;
+    let session = dispatcher.session;
     drop(running);
     // The WRITE data is stored (or refused): its budget frees up now, not when the reply
     // has been sent, so that the reader never waits on the client's window.
     drop(held.write);
-    if result.is_err() {
+    if let Err(panic) = &result {
         metrics::counter!("sftpgate_request_panics_total").increment(1);
-        tracing::error!(id, request = ?name, "request handler panicked");
+        tracing::error!(
+            %session,
+            id,
+            request = ?name,
+            panic = panic_message(&**panic),
+            "request handler panicked; the request fails, the session goes on"
+        );
         out.clear();
         encode_status(&mut out, id, StatusCode::Failure, "Internal server error");
     }

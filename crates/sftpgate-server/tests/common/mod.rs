@@ -31,7 +31,7 @@ use sftpgate_server::{
     ServerConfig, SessionId, SftpContext, SftpFactory, ShutdownHandle, Timeouts,
 };
 use sftpgate_vfs::{Dir, EndReason, File, Filesystem, FsError, RenameMode, VPath};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
@@ -301,6 +301,8 @@ pub struct HookBehavior {
     pub fail: Option<String>,
     /// Never returns.
     pub hang: bool,
+    /// Panics.
+    pub panic: bool,
 }
 
 /// How the recording SFTP factory behaves.
@@ -314,6 +316,8 @@ pub struct FactoryBehavior {
     pub hang: bool,
     /// Registers a cleanup that records [`Event::CleanupRan`].
     pub register_cleanup: bool,
+    /// Panics (after registering its cleanup).
+    pub panic: bool,
 }
 
 /// How the recording filesystem behaves.
@@ -333,6 +337,9 @@ pub struct FsBehavior {
     pub panic_on_stat: bool,
     /// Every `File::read` records [`Event::ReadHangs`] and never returns.
     pub read_hangs: bool,
+    /// `File::close` panics (after closing the real file and recording
+    /// [`Event::FileClose`] with `ok: false`).
+    pub close_panics: bool,
 }
 
 /// The path whose `stat` panics with [`FsBehavior::panic_on_stat`].
@@ -428,7 +435,7 @@ impl TestServer {
         };
         let server = Server::new(config, auth, hooks, factory).expect("server");
         let shutdown = server.shutdown_handle();
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = sftpgate_server::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let run = tokio::spawn(server.run(listener));
         TestServer {
@@ -539,6 +546,9 @@ impl Hooks for RecordingHooks {
         if self.behavior.hang {
             std::future::pending::<()>().await;
         }
+        if self.behavior.panic {
+            panic!("auth_completed panics (test)");
+        }
         let result = match &self.behavior.fail {
             Some(message) => Err(HookError::new(message.clone())),
             None => Ok(state_of(connection.id)),
@@ -610,6 +620,10 @@ impl SftpFactory<String> for RecordingFactory {
         }
         if self.behavior.hang {
             self.never.notified().await;
+        }
+        if self.behavior.panic {
+            running.finished = true;
+            panic!("the SFTP factory panics (test)");
         }
         running.finished = true;
         if let Some(message) = &self.behavior.fail {
@@ -762,6 +776,13 @@ impl File for RecordingFile {
         if self.behavior.close_fails {
             result = Err(FsError::Other("simulated close failure".into()));
         }
+        if self.behavior.close_panics {
+            self.log.push(Event::FileClose {
+                session: self.session,
+                ok: false,
+            });
+            panic!("File::close panics (test)");
+        }
         self.log.push(Event::FileClose {
             session: self.session,
             ok: result.is_ok(),
@@ -833,6 +854,19 @@ impl SshClient {
     /// Connects; the error if the SSH handshake fails.
     pub async fn try_connect(addr: SocketAddr) -> Result<SshClient, russh::Error> {
         let tcp = TcpStream::connect(addr).await.expect("connect");
+        Self::over(tcp).await
+    }
+
+    /// Connects from the loopback address `from` (e.g. 127.0.0.2: another source address
+    /// for the server's per-address limits); the error if the SSH handshake fails.
+    pub async fn try_connect_from(
+        addr: SocketAddr,
+        from: std::net::IpAddr,
+    ) -> Result<SshClient, russh::Error> {
+        Self::over(connect_from(addr, from).await).await
+    }
+
+    async fn over(tcp: TcpStream) -> Result<SshClient, russh::Error> {
         tcp.set_nodelay(true).expect("nodelay");
         let (near, mut far) = tokio::io::duplex(256 * 1024);
         let (kill_tx, kill_rx) = oneshot::channel::<Kill>();
@@ -954,6 +988,20 @@ impl SshClient {
         )
         .await;
     }
+}
+
+/// A TCP connection to `addr` from the loopback address `from` (port 0).
+pub async fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> TcpStream {
+    let socket = match from {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("socket");
+    assert!(from.is_loopback(), "tests use loopback addresses only");
+    socket
+        .bind(SocketAddr::new(from, 0))
+        .expect("bind the client socket");
+    socket.connect(addr).await.expect("connect")
 }
 
 /// What arrived on a channel besides SFTP bytes.

@@ -531,6 +531,15 @@ impl Server {
         self.stderr.lock().expect("stderr buffer").clone()
     }
 
+    /// SIGKILL: the server dies at once, with no chance to clean up (a crash).
+    pub fn kill(&mut self) {
+        if self.exited.is_none() {
+            signal(&self.child, rustix::process::Signal::KILL);
+            self.exited = wait_timeout(&mut self.child, Duration::from_secs(10));
+            assert!(self.exited.is_some(), "the server survived SIGKILL");
+        }
+    }
+
     /// Sends SIGTERM and waits up to `timeout` for the exit: `None` if it is still running.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if self.exited.is_none() {
