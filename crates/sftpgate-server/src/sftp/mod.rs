@@ -16,6 +16,7 @@
 
 mod dispatch;
 mod handles;
+mod request_metrics;
 mod sequencer;
 pub(crate) mod transport;
 mod writer;
@@ -45,6 +46,7 @@ use crate::events::{Event, EventSink};
 use crate::hooks::{Cleanup, SftpContext, SftpFactory};
 use crate::lifecycle::{Exit, ExitGuard};
 use dispatch::Dispatcher;
+use request_metrics::{InFlight, RequestOp, SessionMetrics};
 use sequencer::{Access, Sequencer};
 use transport::{ChannelInlet, ChannelOutlet, Inbound, Inlet, Outlet};
 use writer::Outgoing;
@@ -232,6 +234,7 @@ where
         connection: ctx.connection.clone(),
         session: ctx.session,
         stats: Default::default(),
+        metrics: SessionMetrics::register(),
     });
     let serving = Serving {
         dispatcher: dispatcher.clone(),
@@ -257,8 +260,6 @@ where
     metrics::gauge!("sftpgate_sftp_sessions_open").decrement(1.0);
     let (bytes_in, bytes_out) = dispatcher.stats.totals();
     let duration = served_since.elapsed();
-    metrics::counter!("sftpgate_bytes_in_total").increment(bytes_in);
-    metrics::counter!("sftpgate_bytes_out_total").increment(bytes_out);
     metrics::histogram!("sftpgate_sftp_session_duration_seconds").record(duration.as_secs_f64());
     tracing::info!(
         user = %ctx.connection.user,
@@ -460,7 +461,11 @@ impl Serving {
             }
             _ => None,
         };
-        Some(Held { outstanding, write })
+        Some(Held {
+            outstanding,
+            write,
+            in_flight: self.dispatcher.metrics.in_flight(),
+        })
     }
 
     /// Answers a packet that could not be decoded, when it had a request id.
@@ -490,6 +495,8 @@ struct Held {
     outstanding: OwnedSemaphorePermit,
     /// A WRITE's data, until it is stored.
     write: Option<OwnedSemaphorePermit>,
+    /// `sftpgate_requests_in_flight`, until the reply is handed to the writer.
+    in_flight: InFlight,
 }
 
 struct RequestTask {
@@ -533,6 +540,7 @@ async fn request_task(task: RequestTask) {
     let running = executing.acquire_owned().await.ok();
     let id = request.id().unwrap_or(0);
     let name = request.packet_type();
+    let op = RequestOp::of(&request);
     let mut out = BytesMut::new();
     let result = AssertUnwindSafe(dispatcher.dispatch(request, &mut out))
         .catch_unwind()
@@ -541,12 +549,17 @@ async fn request_task(task: RequestTask) {
     // The WRITE data is stored (or refused): its budget frees up now, not when the reply
     // has been sent, so that the reader never waits on the client's window.
     drop(held.write);
-    if result.is_err() {
-        metrics::counter!("sftpgate_request_panics_total").increment(1);
-        tracing::error!(id, request = ?name, "request handler panicked");
-        out.clear();
-        encode_status(&mut out, id, StatusCode::Failure, "Internal server error");
-    }
+    let status = match result {
+        Ok(status) => status,
+        Err(_panic) => {
+            metrics::counter!("sftpgate_request_panics_total").increment(1);
+            tracing::error!(id, request = ?name, "request handler panicked");
+            out.clear();
+            encode_status(&mut out, id, StatusCode::Failure, "Internal server error");
+            StatusCode::Failure
+        }
+    };
+    request_metrics::count_request(op, status);
     drop(done);
     let mut hold = vec![held.outstanding];
     hold.extend(read_permit);
@@ -554,6 +567,7 @@ async fn request_task(task: RequestTask) {
         bytes: out.freeze(),
         hold,
     });
+    drop(held.in_flight);
 }
 
 /// The VERSION reply: version 3 and the extensions served.
