@@ -46,7 +46,7 @@ use crate::events::{Event, EventSink};
 use crate::hooks::{Cleanup, SftpContext, SftpFactory};
 use crate::lifecycle::{Exit, ExitGuard};
 use dispatch::Dispatcher;
-use request_metrics::{InFlight, RequestOp, SessionMetrics};
+use request_metrics::{RequestOp, SessionMetrics};
 use sequencer::{Access, Sequencer};
 use transport::{ChannelInlet, ChannelOutlet, Inbound, Inlet, Outlet};
 use writer::Outgoing;
@@ -461,11 +461,7 @@ impl Serving {
             }
             _ => None,
         };
-        Some(Held {
-            outstanding,
-            write,
-            in_flight: self.dispatcher.metrics.in_flight(),
-        })
+        Some(Held { outstanding, write })
     }
 
     /// Answers a packet that could not be decoded, when it had a request id.
@@ -495,8 +491,6 @@ struct Held {
     outstanding: OwnedSemaphorePermit,
     /// A WRITE's data, until it is stored.
     write: Option<OwnedSemaphorePermit>,
-    /// `sftpgate_requests_in_flight`, until the reply is handed to the writer.
-    in_flight: InFlight,
 }
 
 struct RequestTask {
@@ -527,6 +521,9 @@ async fn request_task(task: RequestTask) {
     } = task;
     // Completion is signalled however this task ends, aborted included.
     let done = done.drop_guard();
+    // Counted from here (the task's first poll, just after admission) until the reply is
+    // handed to the writer; a guard, so that an aborted task stops counting too.
+    let in_flight = dispatcher.metrics.in_flight();
     for dep in &deps {
         dep.cancelled().await;
     }
@@ -559,7 +556,7 @@ async fn request_task(task: RequestTask) {
             StatusCode::Failure
         }
     };
-    request_metrics::count_request(op, status);
+    dispatcher.metrics.count_request(op, status);
     drop(done);
     let mut hold = vec![held.outstanding];
     hold.extend(read_permit);
@@ -567,7 +564,7 @@ async fn request_task(task: RequestTask) {
         bytes: out.freeze(),
         hold,
     });
-    drop(held.in_flight);
+    drop(in_flight);
 }
 
 /// The VERSION reply: version 3 and the extensions served.

@@ -1,13 +1,14 @@
-//! Per-request metrics at a cost fit for the request path: no allocation and no label
-//! building per request.
+//! Per-request metrics at a cost fit for the request path: no allocation, no label building
+//! and no shared lock per request.
 //!
-//! The `metrics` macros build a fresh label `Vec` whenever a label value is not a literal, so
-//! `sftpgate_requests_total{op, status}` uses keys built once per process (one per operation
-//! and status, [`REQUEST_KEYS`]) and looked up in the installed recorder per request; the
-//! session's own counters and gauge ([`SessionMetrics`]) are registered once per session and
-//! are plain atomic updates afterwards.
+//! The `metrics` macros build a fresh label `Vec` whenever a label value is not a literal,
+//! and every macro call looks the key up in the recorder (a shared lock and a reference
+//! count). So `sftpgate_requests_total{op, status}` uses keys built once per process (one
+//! per operation and status, [`REQUEST_KEYS`]), and each session keeps the handles it has
+//! used ([`SessionMetrics`]): a request costs one atomic load and the counter's own atomic
+//! add. The in-flight gauge and the byte counters are registered once per session.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata};
 use sftpgate_proto::{ExtendedRequest, Request, StatusCode};
@@ -90,12 +91,6 @@ static REQUEST_KEYS: LazyLock<Vec<Key>> = LazyLock::new(|| {
     keys
 });
 
-/// Counts one answered request.
-pub(crate) fn count_request(op: RequestOp, status: StatusCode) {
-    let key = &REQUEST_KEYS[op.0 * STATUSES.len() + status_index(status)];
-    metrics::with_recorder(|r| r.register_counter(key, &METADATA)).increment(1);
-}
-
 /// A request's operation, for the `op` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RequestOp(usize);
@@ -163,12 +158,15 @@ fn status_index(status: StatusCode) -> usize {
     }
 }
 
-/// One session's handles on the metrics it updates per request, registered once when the
-/// session starts (with the recorder installed then).
+/// One session's handles on the metrics it updates per request, registered with the
+/// recorder installed when the session starts (`requests`: when a combination is first
+/// used).
 pub(crate) struct SessionMetrics {
-    pub(crate) in_flight: Gauge,
+    in_flight: Gauge,
     pub(crate) bytes_in: Counter,
     pub(crate) bytes_out: Counter,
+    /// `sftpgate_requests_total` handles, indexed like [`REQUEST_KEYS`] (about 7 KiB).
+    requests: Box<[OnceLock<Counter>]>,
 }
 
 impl SessionMetrics {
@@ -177,22 +175,35 @@ impl SessionMetrics {
             in_flight: metrics::gauge!(REQUESTS_IN_FLIGHT),
             bytes_in: metrics::counter!(BYTES_IN),
             bytes_out: metrics::counter!(BYTES_OUT),
+            requests: (0..OPS.len() * STATUSES.len())
+                .map(|_| OnceLock::new())
+                .collect(),
         }
+    }
+
+    /// Counts one answered request.
+    pub(crate) fn count_request(&self, op: RequestOp, status: StatusCode) {
+        let index = op.0 * STATUSES.len() + status_index(status);
+        self.requests[index]
+            .get_or_init(|| {
+                metrics::with_recorder(|r| r.register_counter(&REQUEST_KEYS[index], &METADATA))
+            })
+            .increment(1);
     }
 
     /// Counts a request in flight until the returned guard is dropped (however its task
     /// ends, aborted included).
-    pub(crate) fn in_flight(&self) -> InFlight {
+    pub(crate) fn in_flight(&self) -> InFlight<'_> {
         self.in_flight.increment(1.0);
-        InFlight(self.in_flight.clone())
+        InFlight(&self.in_flight)
     }
 }
 
 /// One request in flight; the gauge goes down when this is dropped.
 #[must_use = "the request stops counting as in flight when this is dropped"]
-pub(crate) struct InFlight(Gauge);
+pub(crate) struct InFlight<'a>(&'a Gauge);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.decrement(1.0);
     }
@@ -288,6 +299,43 @@ mod tests {
             let op = RequestOp::of(&Request::Extended { id: 1, request });
             assert_eq!(op, RequestOp(index));
             assert!(wire.starts_with(op.label()), "{wire} vs {}", op.label());
+        }
+    }
+
+    #[test]
+    fn session_handles_count_into_the_recorder() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let session = SessionMetrics::register();
+            let write = RequestOp::of(&Request::Write {
+                id: 1,
+                handle: Bytes::new(),
+                offset: 0,
+                data: Bytes::new(),
+            });
+            session.count_request(write, StatusCode::NoSuchFile);
+            session.count_request(write, StatusCode::NoSuchFile);
+            session.count_request(write, StatusCode::Ok);
+            let first = session.in_flight();
+            let second = session.in_flight();
+            drop(first);
+            let rendered = handle.render();
+            assert!(
+                rendered.contains("sftpgate_requests_in_flight 1\n"),
+                "{rendered}"
+            );
+            drop(second);
+            session.bytes_in.increment(10);
+        });
+        let rendered = handle.render();
+        for line in [
+            "sftpgate_requests_total{op=\"write\",status=\"no_such_file\"} 2\n",
+            "sftpgate_requests_total{op=\"write\",status=\"ok\"} 1\n",
+            "sftpgate_requests_in_flight 0\n",
+            "sftpgate_bytes_in_total 10\n",
+        ] {
+            assert!(rendered.contains(line), "{line} in {rendered}");
         }
     }
 
