@@ -149,6 +149,15 @@ pub fn check(text: &str) -> Vec<Problem> {
     if let Err(e) = crate::serve::check_nats_timeouts(&config) {
         problems.push(at(format!("{e:#}")));
     }
+    // What `serve` would refuse at start (only literal addresses: names need a lookup).
+    if let Ok(addr) = config.metrics.listen.parse::<std::net::SocketAddr>() {
+        if !addr.ip().is_loopback() && !config.metrics.allow_public {
+            problems.push(at(format!(
+                "metrics.listen {addr} is not a loopback address; set metrics.allow_public = \
+                 true to serve the unauthenticated endpoints there"
+            )));
+        }
+    }
     for (key, file) in files(&config) {
         if let Err(e) = std::fs::metadata(&file) {
             let span = settings.iter().find(|(k, _)| *k == key).map(|(_, s)| s);
@@ -325,6 +334,18 @@ bogus = true
             problems[0].starts_with("3:1: nats.credentials_file: /nonexistent/sftpgate.creds: "),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn a_public_metrics_address_needs_allow_public() {
+        let problems = check_text("[metrics]\nlisten = \"0.0.0.0:9100\"\n");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("2:1: metrics.listen: metrics.listen 0.0.0.0:9100 is not"),
+            "{problems:?}"
+        );
+        let allowed = "[metrics]\nlisten = \"0.0.0.0:9100\"\nallow_public = true\n";
+        assert_eq!(check_text(allowed), Vec::<String>::new());
     }
 
     #[test]
