@@ -19,7 +19,10 @@
 //!   they queue up (the setup prints how many writes carried them).
 //! - `stat_roundtrip`: one STAT and its reply at a time (latency of the request path).
 //!
-//! `cargo bench -p sftpgate-server --bench session`; `-- --test` runs each once.
+//! `cargo bench -p sftpgate-server --bench session`; `-- --test` runs each once. With
+//! `SFTPGATE_BENCH_METRICS=1` the Prometheus recorder the binary uses is installed first, so
+//! that the per-request metrics cost what they cost in production (without a recorder the
+//! `metrics` facade does nothing).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
@@ -196,8 +199,22 @@ struct Client {
     handle: Bytes,
 }
 
+/// Installs the Prometheus recorder once when `SFTPGATE_BENCH_METRICS=1`.
+fn install_recorder() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("SFTPGATE_BENCH_METRICS").as_deref() == Ok("1") {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("install the Prometheus recorder");
+            eprintln!("metrics: Prometheus recorder installed");
+        }
+    });
+}
+
 impl Bench {
     fn new(storage: &str) -> Bench {
+        install_recorder();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -31,6 +31,23 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// NATS: provisioning on SFTP open, release on exit, events (see docs/nats.md).
     pub nats: sftpgate_nats::NatsConfig,
+    /// Log format of `serve`: `text` (human-readable) or `json` (one object per line).
+    pub log_format: crate::logging::LogFormat,
+    /// Prometheus metrics and the health endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: `/metrics` (Prometheus text format) and `/health` on one HTTP listener, off
+/// by default. Neither endpoint has authentication, so only loopback addresses are accepted
+/// unless `allow_public` says otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the metrics and health listener, e.g. `127.0.0.1:9100`; empty: off.
+    pub listen: String,
+    /// Accept a `listen` address that is not loopback (the endpoints are unauthenticated:
+    /// put them behind a firewall or a proxy).
+    pub allow_public: bool,
 }
 
 impl Default for Config {
@@ -44,6 +61,8 @@ impl Default for Config {
             timeouts: TimeoutsConfig::default(),
             limits: LimitsConfig::default(),
             nats: sftpgate_nats::NatsConfig::default(),
+            log_format: crate::logging::LogFormat::Text,
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -475,6 +494,55 @@ mod tests {
         assert_eq!(auth.ban.max_failures, 3);
         assert_eq!(auth.ban.ban_time, Duration::from_secs(2));
         assert_eq!(auth.ban.window, Duration::from_secs(300));
+    }
+
+    /// docs/configuration.md cannot drift from the struct: every key of the defaults has a
+    /// row (with its variable), and its block of defaults is what the defaults serialize
+    /// to. `SFTPGATE_BLESS=1` rewrites the block.
+    #[test]
+    fn docs_configuration_is_complete() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let missing: Vec<String> = keys()
+            .into_iter()
+            .filter(|key| !doc.contains(&format!("| `{key}` | `{}` |", env_var(key))))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/configuration.md lacks rows for {missing:?}"
+        );
+        let (begin, end) = ("<!-- defaults:begin -->\n", "<!-- defaults:end -->");
+        let start = doc.find(begin).expect("defaults:begin marker") + begin.len();
+        let stop = doc.find(end).expect("defaults:end marker");
+        let defaults = toml::to_string(&Config::default()).unwrap();
+        let expected = format!("```toml\n{defaults}```\n");
+        if doc[start..stop] != expected {
+            if std::env::var("SFTPGATE_BLESS").as_deref() == Ok("1") {
+                let updated = format!("{}{expected}{}", &doc[..start], &doc[stop..]);
+                std::fs::write(&path, updated).unwrap();
+            } else {
+                panic!(
+                    "the defaults in docs/configuration.md are stale; run with SFTPGATE_BLESS=1 \
+                     or paste:\n{expected}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn metrics_and_log_format_have_variables() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("SFTPGATE_METRICS_LISTEN", "127.0.0.1:9100"),
+                ("SFTPGATE_METRICS_ALLOW_PUBLIC", "true"),
+                ("SFTPGATE_LOG_FORMAT", "json"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.metrics.listen, "127.0.0.1:9100");
+        assert!(config.metrics.allow_public);
+        assert_eq!(config.log_format, crate::logging::LogFormat::Json);
     }
 
     #[test]

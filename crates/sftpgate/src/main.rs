@@ -1,8 +1,12 @@
 //! The `sftpgate` binary: the command line, logging, and the subcommands.
 
+mod check_config;
 mod cli_users;
 mod config;
+mod health;
 mod host_key;
+mod logging;
+mod metrics;
 mod serve;
 mod sftp_server;
 mod store;
@@ -12,33 +16,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::logging::LogFormat;
 
 /// sftpgate: an SFTP server built around an async session lifecycle.
 #[derive(Debug, Parser)]
 #[command(name = "sftpgate", version, about, long_about = None)]
 struct Cli {
-    /// Log format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "SFTPGATE_LOG_FORMAT"
-    )]
-    log_format: LogFormat,
+    /// Log format [config: log_format] [default: text]
+    #[arg(long, global = true, value_enum, env = "SFTPGATE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +49,9 @@ enum Command {
     Key(cli_users::KeyArgs),
     /// Manage users' permissions per path prefix: set, list, remove.
     Perm(cli_users::PermArgs),
+    /// Check a configuration file without starting anything: prints every error with its
+    /// line and column; exit status 0 when it is valid, 1 otherwise.
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,6 +59,11 @@ struct ServeArgs {
     /// Address to listen on [config: listen] [default: 127.0.0.1:2222]
     #[arg(long, env = "SFTPGATE_LISTEN", value_name = "ADDR")]
     listen: Option<String>,
+    /// Serve Prometheus metrics (/metrics) and health (/health) over HTTP on this address;
+    /// port 0 picks one (the bound address is printed). Loopback only unless
+    /// metrics.allow_public [config: metrics.listen] [default: off]
+    #[arg(long, env = "SFTPGATE_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -111,14 +110,14 @@ fn config_help() -> String {
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    let log_format = cli.log_format.unwrap_or_default();
     match &cli.command {
-        Command::SftpServer(args) => init_logging(cli.log_format, sftp_server::log_filter(args)),
-        Command::Serve(_) => {
-            init_logging(cli.log_format, Some("info,russh=warn,sqlx=warn".into()));
-        }
+        Command::SftpServer(args) => logging::init(log_format, sftp_server::log_filter(args)),
+        // After its configuration is read: `log_format` may come from the file.
+        Command::Serve(_) => {}
         // Their output is the answer; logs only when RUST_LOG asks.
-        Command::User(_) | Command::Key(_) | Command::Perm(_) => {
-            init_logging(cli.log_format, None);
+        Command::User(_) | Command::Key(_) | Command::Perm(_) | Command::CheckConfig(_) => {
+            logging::init(log_format, None);
         }
     }
     match cli.command {
@@ -127,6 +126,13 @@ fn main() -> anyhow::Result<ExitCode> {
             if let Some(listen) = &args.listen {
                 config.listen.clone_from(listen);
             }
+            if let Some(listen) = &args.metrics_listen {
+                config.metrics.listen.clone_from(listen);
+            }
+            if let Some(format) = cli.log_format {
+                config.log_format = format;
+            }
+            logging::init(config.log_format, Some("info,russh=warn,sqlx=warn".into()));
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(
                     std::thread::available_parallelism()
@@ -146,6 +152,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::User(args) => Ok(cli_users::run(cli_users::Admin::User(args))),
         Command::Key(args) => Ok(cli_users::run(cli_users::Admin::Key(args))),
         Command::Perm(args) => Ok(cli_users::run(cli_users::Admin::Perm(args))),
+        Command::CheckConfig(args) => Ok(check_config::run(&args)),
     }
 }
 
@@ -166,22 +173,4 @@ fn load_config(args: &StoreArgs) -> anyhow::Result<Config> {
         config.database_url.clone_from(url);
     }
     Ok(config)
-}
-
-/// Logs to stderr; `default` is the filter when RUST_LOG is not set (`None`: no logs).
-fn init_logging(format: LogFormat, default: Option<String>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match (EnvFilter::try_from_default_env(), default) {
-        (Ok(filter), _) => filter,
-        (Err(_), Some(default)) => EnvFilter::new(default),
-        (Err(_), None) => return,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

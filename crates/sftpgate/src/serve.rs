@@ -22,6 +22,12 @@ use crate::users::FirstUser;
 
 /// Runs the server with `config` until a signal stops it.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // Before anything emits: metric handles registered earlier would stay no-ops.
+    let prometheus = if config.metrics.listen.is_empty() {
+        None
+    } else {
+        Some(crate::metrics::install_recorder()?)
+    };
     {
         use std::os::unix::fs::DirBuilderExt as _;
         std::fs::DirBuilder::new()
@@ -41,11 +47,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let local = listener.local_addr()?;
+    let metrics_listener = crate::metrics::bind(&config.metrics).await?;
     // Handlers first: a signal sent as soon as the listening line is out must already mean
     // "shut down gracefully", not the default "die".
     let mut signals = Signals::new()?;
     if let Some(first) = &first {
         print_first_user(first, &crate::store::describe(&config), local.port());
+    }
+    if let Some(metrics) = &metrics_listener {
+        // Before the listening line, which tells whoever waits that everything is up.
+        println!(
+            "sftpgate metrics on http://{}/metrics (health: /health)",
+            metrics.local_addr()?
+        );
     }
     println!(
         "sftpgate listening on {local} ({user_count} user{}; data in {}; users in {})",
@@ -70,6 +84,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    if let (Some(listener), Some(prometheus)) = (metrics_listener, prometheus) {
+        let health = crate::health::Health::new(
+            store.clone(),
+            crate::store::describe(&config),
+            nats.as_ref().map(|n| n.client.clone()),
+        );
+        crate::metrics::spawn(listener, prometheus, health, background.clone());
+    }
     let profiles = Profiles(store.clone());
     let (hooks, factory, events) = match nats {
         None => (SessionHooks::None, SessionFactory::Local(profiles), None),
@@ -104,6 +126,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// What NATS adds to the server.
 struct Nats {
+    /// For the health check.
+    client: sftpgate_nats::async_nats::Client,
     hooks: NatsHooks,
     /// `None` when provisioning is off.
     factory: Option<NatsFactory>,
@@ -113,23 +137,9 @@ struct Nats {
 /// Connects, starts the release outbox and the event publisher (until `background` is
 /// cancelled), and builds the hooks and the provisioning factory.
 async fn start_nats(config: &Config, background: &CancellationToken) -> anyhow::Result<Nats> {
+    check_nats_timeouts(config)?;
     let mut nats = config.nats.clone();
     nats.release.outbox_dir = config.data_dir.join(&nats.release.outbox_dir);
-    let t = &config.timeouts;
-    if nats.provision.enabled && nats.provision.timeout >= t.sftp_factory {
-        anyhow::bail!(
-            "nats.provision.timeout ({:?}) must be below timeouts.sftp_factory ({:?})",
-            nats.provision.timeout,
-            t.sftp_factory
-        );
-    }
-    if nats.release.exit_wait >= t.exit {
-        anyhow::bail!(
-            "nats.release.exit_wait ({:?}) must be below timeouts.exit ({:?})",
-            nats.release.exit_wait,
-            t.exit
-        );
-    }
     let client = sftpgate_nats::connect(&nats)
         .await
         .context("connecting to NATS")?;
@@ -152,13 +162,38 @@ async fn start_nats(config: &Config, background: &CancellationToken) -> anyhow::
     let factory = nats
         .provision
         .enabled
-        .then(|| NatsFactory::new(client, &nats, outbox, build_backend));
+        .then(|| NatsFactory::new(client.clone(), &nats, outbox, build_backend));
     tracing::info!(servers = ?nats.servers, prefix = %nats.subject_prefix, provisioning = nats.provision.enabled, "NATS enabled");
     Ok(Nats {
+        client,
         hooks,
         factory,
         events,
     })
+}
+
+/// The NATS steps must end within the lifecycle steps that contain them (also checked by
+/// `sftpgate check-config`).
+pub fn check_nats_timeouts(config: &Config) -> anyhow::Result<()> {
+    let (nats, t) = (&config.nats, &config.timeouts);
+    if !nats.enabled {
+        return Ok(());
+    }
+    if nats.provision.enabled && nats.provision.timeout >= t.sftp_factory {
+        anyhow::bail!(
+            "nats.provision.timeout ({:?}) must be below timeouts.sftp_factory ({:?})",
+            nats.provision.timeout,
+            t.sftp_factory
+        );
+    }
+    if nats.release.exit_wait >= t.exit {
+        anyhow::bail!(
+            "nats.release.exit_wait ({:?}) must be below timeouts.exit ({:?})",
+            nats.release.exit_wait,
+            t.exit
+        );
+    }
+    Ok(())
 }
 
 /// Turns a provisioned backend into the session's filesystem.

@@ -15,6 +15,7 @@ use sftpgate_proto::{
 use sftpgate_vfs::{Filesystem, FsError, RenameMode, VPath};
 
 use super::handles::{DirHandle, FileHandle, Handle, HandleTable};
+use super::request_metrics::SessionMetrics;
 use crate::config::{Limits, RequestPolicy};
 use crate::events::{Event, EventSink, FileOp};
 use crate::hooks::{ConnectionInfo, SessionId};
@@ -51,6 +52,7 @@ pub(crate) struct Dispatcher {
     pub(crate) connection: Arc<ConnectionInfo>,
     pub(crate) session: SessionId,
     pub(crate) stats: Stats,
+    pub(crate) metrics: SessionMetrics,
 }
 
 /// File bytes moved by a session.
@@ -72,14 +74,13 @@ impl Stats {
 
 impl Dispatcher {
     /// Runs `request` and appends its reply to `out`. Never fails: every error becomes a
-    /// STATUS reply.
-    pub(crate) async fn dispatch(&self, request: Request, out: &mut BytesMut) {
+    /// STATUS reply. Returns the reply's status (`Ok` for data replies).
+    pub(crate) async fn dispatch(&self, request: Request, out: &mut BytesMut) -> StatusCode {
         let Some(id) = request.id() else {
-            return; // INIT is the session's business, not a request
+            return StatusCode::Ok; // INIT is the session's business, not a request
         };
         if let Some(refusal) = self.policy.refusal(&request) {
-            status_error(out, id, &FsError::Forbidden(refusal.into()));
-            return;
+            return status_error(out, id, &FsError::Forbidden(refusal.into()));
         }
         let result = match self.request_timeout {
             None => self.run(id, request, out).await,
@@ -94,9 +95,12 @@ impl Dispatcher {
                 }
             },
         };
-        if let Err(e) = result {
-            out.clear();
-            status_error(out, id, &e);
+        match result {
+            Ok(()) => StatusCode::Ok,
+            Err(e) => {
+                out.clear();
+                status_error(out, id, &e)
+            }
         }
     }
 
@@ -156,6 +160,7 @@ impl Dispatcher {
                 debug_assert_eq!(out.len() - data_at, n);
                 file.read.fetch_add(n as u64, Ordering::Relaxed);
                 self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                self.metrics.bytes_out.increment(n as u64);
                 let mut header = BytesMut::with_capacity(13);
                 encode_data_header(&mut header, id, n);
                 out[header_at..data_at].copy_from_slice(&header);
@@ -182,6 +187,7 @@ impl Dispatcher {
                 file.file.write(offset, data).await?;
                 file.written.fetch_add(n, Ordering::Relaxed);
                 self.stats.bytes_in.fetch_add(n, Ordering::Relaxed);
+                self.metrics.bytes_in.increment(n);
                 ok(out, id);
                 Ok(())
             }
@@ -546,11 +552,12 @@ impl Dispatcher {
     }
 }
 
-/// Appends the STATUS reply for an error.
-pub(crate) fn status_error(out: &mut BytesMut, id: u32, error: &FsError) {
+/// Appends the STATUS reply for an error; returns its code.
+pub(crate) fn status_error(out: &mut BytesMut, id: u32, error: &FsError) -> StatusCode {
     let code = StatusCode::from(error);
     // A message built per error is fine: errors are not the hot path.
     encode_status(out, id, code, &error.to_string());
+    code
 }
 
 fn ok(out: &mut BytesMut, id: u32) {

@@ -16,6 +16,7 @@
 
 mod dispatch;
 mod handles;
+mod request_metrics;
 mod sequencer;
 pub(crate) mod transport;
 mod writer;
@@ -45,6 +46,7 @@ use crate::events::{Event, EventSink};
 use crate::hooks::{Cleanup, SftpContext, SftpFactory};
 use crate::lifecycle::{panic_message, Exit, ExitGuard};
 use dispatch::Dispatcher;
+use request_metrics::{RequestOp, SessionMetrics};
 use sequencer::{Access, Sequencer};
 use transport::{ChannelInlet, ChannelOutlet, Inbound, Inlet, Outlet};
 use writer::Outgoing;
@@ -252,6 +254,7 @@ where
         connection: ctx.connection.clone(),
         session: ctx.session,
         stats: Default::default(),
+        metrics: SessionMetrics::register(),
     });
     let serving = Serving {
         dispatcher: dispatcher.clone(),
@@ -277,8 +280,6 @@ where
     metrics::gauge!("sftpgate_sftp_sessions_open").decrement(1.0);
     let (bytes_in, bytes_out) = dispatcher.stats.totals();
     let duration = served_since.elapsed();
-    metrics::counter!("sftpgate_bytes_in_total").increment(bytes_in);
-    metrics::counter!("sftpgate_bytes_out_total").increment(bytes_out);
     metrics::histogram!("sftpgate_sftp_session_duration_seconds").record(duration.as_secs_f64());
     tracing::info!(
         user = %ctx.connection.user,
@@ -561,12 +562,16 @@ async fn request_task(task: RequestTask) {
     } = task;
     // Completion is signalled however this task ends, aborted included.
     let done = done.drop_guard();
+    // Counted from here (the task's first poll, just after admission) until the reply is
+    // handed to the writer; a guard, so that an aborted task stops counting too.
+    let in_flight = dispatcher.metrics.in_flight();
     for dep in &deps {
         dep.cancelled().await;
     }
     let running = executing.acquire_owned().await.ok();
     let id = request.id().unwrap_or(0);
     let name = request.packet_type();
+    let op = RequestOp::of(&request);
     let mut out = BytesMut::new();
     let result = AssertUnwindSafe(dispatcher.dispatch(request, &mut out))
         .catch_unwind()
@@ -576,18 +581,23 @@ async fn request_task(task: RequestTask) {
     // The WRITE data is stored (or refused): its budget frees up now, not when the reply
     // has been sent, so that the reader never waits on the client's window.
     drop(held.write);
-    if let Err(panic) = &result {
-        metrics::counter!("sftpgate_request_panics_total").increment(1);
-        tracing::error!(
-            %session,
-            id,
-            request = ?name,
-            panic = panic_message(&**panic),
-            "request handler panicked; the request fails, the session goes on"
-        );
-        out.clear();
-        encode_status(&mut out, id, StatusCode::Failure, "Internal server error");
-    }
+    let status = match &result {
+        Ok(status) => *status,
+        Err(panic) => {
+            metrics::counter!("sftpgate_request_panics_total").increment(1);
+            tracing::error!(
+                %session,
+                id,
+                request = ?name,
+                panic = panic_message(&**panic),
+                "request handler panicked; the request fails, the session goes on"
+            );
+            out.clear();
+            encode_status(&mut out, id, StatusCode::Failure, "Internal server error");
+            StatusCode::Failure
+        }
+    };
+    dispatcher.metrics.count_request(op, status);
     if let Some(after) = after {
         after.cancelled().await;
     }
@@ -600,6 +610,7 @@ async fn request_task(task: RequestTask) {
     // Only now, once the reply is queued: the requests ordered after this one reply after
     // it (see the sequencer).
     drop(done);
+    drop(in_flight);
 }
 
 /// The VERSION reply: version 3 and the extensions served.
