@@ -160,10 +160,10 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 1024,
-            max_connections_per_address: 64,
-            max_unauthenticated: 128,
-            max_unauthenticated_per_address: 8,
-            max_connections_per_user: 32,
+            max_connections_per_address: 256,
+            max_unauthenticated: 256,
+            max_unauthenticated_per_address: 64,
+            max_connections_per_user: 128,
             max_sessions_per_connection: 8,
             max_in_flight: 64,
             max_outstanding: 1024,

@@ -39,7 +39,8 @@ pub fn load_or_generate(path: &Path) -> anyhow::Result<PrivateKey> {
         // Like sshd ("UNPROTECTED PRIVATE KEY FILE"): whoever can read the key can pose as
         // this server, and a refusal is what gets the mode fixed.
         bail!(
-            "refusing to start: host key {path} is accessible by group or others (mode {mode:03o}); \
+            "refusing to start: host key {path} is readable by others (mode {mode:03o}: group or \
+             other bits set); \
              anyone who can read it can impersonate this server. Run `chmod 600 {path}` \
              (and replace the key if others may have copied it)",
             path = path.display(),
@@ -74,10 +75,7 @@ mod tests {
         load_or_generate(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = load_or_generate(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("accessible by group or others (mode 644)"),
-            "{err}"
-        );
+        assert!(err.contains("readable by others (mode 644"), "{err}");
         assert!(err.contains("chmod 600"), "{err}");
     }
 }

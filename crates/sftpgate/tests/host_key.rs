@@ -30,7 +30,7 @@ fn generated_key_is_0600_and_a_readable_key_is_refused() {
         };
         assert!(!refused.status.success(), "{}", refused.show());
         let text = refused.show();
-        assert!(text.contains("accessible by group or others"), "{text}");
+        assert!(text.contains("readable by others"), "{text}");
         assert!(
             text.contains(&format!("chmod 600 {}", key.display())),
             "{text}"

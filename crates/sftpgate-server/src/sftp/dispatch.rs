@@ -174,6 +174,12 @@ impl Dispatcher {
             } => {
                 let file = self.handles.file(&handle)?;
                 if data.len() > self.limits.max_write as usize {
+                    metrics::counter!("sftpgate_limit_hits_total", "limit" => "write").increment(1);
+                    tracing::info!(
+                        len = data.len(),
+                        limit = self.limits.max_write,
+                        "WRITE over the size limit refused"
+                    );
                     return Err(FsError::InvalidInput(
                         format!(
                             "WRITE of {} bytes exceeds the limit of {} bytes",

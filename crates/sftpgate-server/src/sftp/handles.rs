@@ -68,6 +68,8 @@ impl HandleTable {
         }
         if inner.open.len() >= self.max {
             let max = self.max;
+            metrics::counter!("sftpgate_limit_hits_total", "limit" => "handles").increment(1);
+            tracing::info!(limit = max, "open handle limit reached; OPEN refused");
             return Err((
                 handle,
                 FsError::Other(format!("Too many open handles (limit {max})")),

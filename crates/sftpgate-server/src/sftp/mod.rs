@@ -374,6 +374,10 @@ impl Serving {
                     Ok(Some(request)) => request,
                     Ok(None) => break,
                     Err(e) if e.is_fatal() => {
+                        if matches!(e, DecodeError::TooLarge { .. }) {
+                            metrics::counter!("sftpgate_limit_hits_total", "limit" => "packet")
+                                .increment(1);
+                        }
                         tracing::warn!(error = %e, "unframeable input; ending the session");
                         break 'session EndReason::ProtocolError {
                             detail: e.to_string(),
