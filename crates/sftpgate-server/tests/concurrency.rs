@@ -245,3 +245,58 @@ async fn max_in_flight_one_serializes_reads() {
         "32 reads of 50 ms took {took:?} with max_in_flight = 1: they overlapped"
     );
 }
+
+/// Deep pipelining, as `sftp -R 256 -B 261120` or a load generator does it: 256 READs of
+/// 255 KiB on one handle, each in its own channel message, far more reply bytes than the
+/// READ budget. Budget comes back only as replies are sent; the reader must keep draining
+/// the channel meanwhile, or the SSH connection's loop stops and nothing is sent at all
+/// (this deadlocked once, when the reader itself waited for READ budget).
+#[tokio::test(flavor = "multi_thread")]
+async fn deep_read_pipelining_past_the_read_budget_completes() {
+    const LEN: u32 = 261_120;
+    const READS: u32 = 256;
+    let mut server = TestServer::start(Options::default()).await;
+    let content: Vec<u8> = (0..(LEN * READS) as usize)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    std::fs::write(server.root.join("big"), &content).unwrap();
+    let (_client, mut sftp) = server.sftp_client().await;
+    let handle = sftp.open("/big", OpenFlags::READ).await.unwrap();
+    let writer = sftp.writer();
+    let requests: Vec<Request> = (0..READS)
+        .map(|i| Request::Read {
+            id: 1000 + i,
+            handle: handle.clone(),
+            offset: u64::from(i) * u64::from(LEN),
+            len: LEN,
+        })
+        .collect();
+    let sender = tokio::spawn(async move {
+        for request in &requests {
+            let mut out = bytes::BytesMut::new();
+            request.encode(&mut out);
+            writer.data_bytes(out.freeze()).await.expect("send a READ");
+        }
+    });
+    let mut got = 0u32;
+    bounded("256 pipelined READ replies", async {
+        while got < READS {
+            match sftp.recv().await.expect("channel closed mid-pipeline") {
+                Response::Data { id, data } => {
+                    let at = ((id - 1000) * LEN) as usize;
+                    assert_eq!(id, 1000 + got, "replies on one handle in request order");
+                    assert_eq!(&data[..], &content[at..at + data.len()], "READ {id}");
+                    assert_eq!(data.len(), LEN as usize, "READ {id} short");
+                }
+                other => panic!("{other:?}"),
+            }
+            got += 1;
+        }
+    })
+    .await;
+    bounded("the sender", sender).await.expect("sender task");
+    sftp.close(&handle).await.unwrap();
+    sftp.eof().await;
+    server.log.wait_exits(1).await;
+    server.stop().await;
+}

@@ -486,19 +486,25 @@ impl Serving {
             }
             _ => None,
         };
-        // A READ's reply is in memory until sent. Taken here, in arrival order, and not in
-        // the request's task: a task that has run waits to reply after the earlier requests
-        // on its handle (see the sequencer), and must never hold budget an earlier one is
-        // still waiting for.
+        // A READ's reply is in memory until sent. Its budget is queued for here, in arrival
+        // order (Tokio's semaphore serves waiters first come, first served), so that a task
+        // that has run and waits to reply after the earlier requests on its handle (see the
+        // sequencer) never holds budget an earlier one is still waiting for. It is awaited
+        // in the request's task, not here: the budget comes back only as replies are sent,
+        // which needs the SSH connection's loop, which stops when this reader stops draining
+        // the channel — waiting here deadlocked deep pipelining (128 x 255 KiB READs).
         let read = match request {
-            Request::Read { len, .. } => Some(
-                budgets
-                    .read_bytes
-                    .clone()
-                    .acquire_many_owned((*len).min(budgets.max_read).max(1))
-                    .await
-                    .ok()?,
-            ),
+            Request::Read { len, .. } => {
+                let n = (*len).min(budgets.max_read).max(1);
+                let mut queued: QueuedPermit =
+                    Box::pin(budgets.read_bytes.clone().acquire_many_owned(n));
+                // One poll puts it in the semaphore's queue; the task's await wakes it.
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                match queued.as_mut().poll(&mut cx) {
+                    std::task::Poll::Ready(permit) => Some(ReadBudget::Held(permit.ok()?)),
+                    std::task::Poll::Pending => Some(ReadBudget::Queued(queued)),
+                }
+            }
             _ => None,
         };
         Some(Held {
@@ -536,8 +542,21 @@ struct Held {
     /// A WRITE's data, until it is stored.
     write: Option<OwnedSemaphorePermit>,
     /// A READ's reply, until it has been sent.
-    read: Option<OwnedSemaphorePermit>,
+    read: Option<ReadBudget>,
 }
+
+/// A READ's budget: taken at once, or queued for in arrival order (see `Serving::admit`).
+enum ReadBudget {
+    Held(OwnedSemaphorePermit),
+    Queued(QueuedPermit),
+}
+
+type QueuedPermit = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>>
+            + Send,
+    >,
+>;
 
 struct RequestTask {
     request: Request,
@@ -572,6 +591,11 @@ async fn request_task(task: RequestTask) {
     for dep in &deps {
         dep.cancelled().await;
     }
+    let read_permit = match held.read {
+        Some(ReadBudget::Held(permit)) => Some(permit),
+        Some(ReadBudget::Queued(queued)) => queued.await.ok(),
+        None => None,
+    };
     let running = executing.acquire_owned().await.ok();
     let id = request.id().unwrap_or(0);
     let name = request.packet_type();
@@ -606,7 +630,7 @@ async fn request_task(task: RequestTask) {
         after.cancelled().await;
     }
     let mut hold = vec![held.outstanding];
-    hold.extend(held.read);
+    hold.extend(read_permit);
     let _ = replies.send(Outgoing {
         bytes: out.freeze(),
         hold,
