@@ -121,7 +121,8 @@ impl HandleTable {
         };
         for handle in handles {
             if let Handle::File(f) = handle {
-                if let Err(e) = f.file.close().await {
+                // `abandon`, not `close`: the client never closed it (see `File::abandon`).
+                if let Err(e) = f.file.abandon().await {
                     tracing::warn!(path = %f.path, error = %e, "closing a file left open failed");
                 }
             }
