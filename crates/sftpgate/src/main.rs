@@ -3,6 +3,7 @@
 mod cli_users;
 mod config;
 mod host_key;
+mod object;
 mod serve;
 mod sftp_server;
 mod store;
