@@ -111,7 +111,9 @@ impl Shared {
         if let Some(meta) = self.head(&key).await? {
             return Ok(Kind::File(meta));
         }
-        if self.has_children(&key).await? {
+        // A marker first: one small HEAD, where a LIST of a big directory returns a page
+        // of 1,000 keys just to say it is not empty.
+        if self.head(&marker_of(&key)).await?.is_some() || self.has_children(&key).await? {
             return Ok(Kind::Dir);
         }
         Ok(Kind::Missing)
@@ -140,6 +142,11 @@ impl Shared {
     /// The parent of `path` must be a directory for a new name to be made there.
     async fn require_parent(&self, path: &VPath) -> Result<(), FsError> {
         let parent = path.parent().ok_or(FsError::PermissionDenied)?;
+        // The usual case first: a directory made by MKDIR (clients make the directories of
+        // a tree before its files) answers with one HEAD of its marker.
+        if parent.is_root() || self.head(&self.keys.marker(&parent)?).await?.is_some() {
+            return Ok(());
+        }
         match self.kind(&parent).await? {
             Kind::Dir => Ok(()),
             Kind::File(_) => Err(FsError::NotADirectory),
