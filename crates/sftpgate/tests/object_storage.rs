@@ -112,6 +112,9 @@ impl S3 {
         let s = &self.settings;
         let out = Command::new("rclone")
             .args(["backend", "list-multipart-uploads"])
+            // A CA bundle set for the machine's proxy breaks rclone's S3 client (and the
+            // endpoint is plain HTTP on loopback anyway).
+            .env_remove("AWS_CA_BUNDLE")
             .arg(format!("garage:{}", s.bucket))
             .envs(rclone_s3_env(s))
             .output()

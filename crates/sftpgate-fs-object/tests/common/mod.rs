@@ -76,6 +76,9 @@ pub fn multipart_uploads(prefix: &str) -> Option<Vec<String>> {
     let settings = s3_settings().expect("S3 settings");
     let output = std::process::Command::new("rclone")
         .args(["backend", "list-multipart-uploads"])
+        // A CA bundle set for the machine's proxy breaks rclone's S3 client (and the
+        // endpoint is plain HTTP on loopback anyway).
+        .env_remove("AWS_CA_BUNDLE")
         .arg(format!("garage:{}", settings.bucket))
         .envs(rclone_env(&settings))
         .output();
