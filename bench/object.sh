@@ -119,8 +119,8 @@ measure() { # measure NAME UPLOAD-CMD DOWNLOAD-CMD DOWNLOADED-FILE
 
 log "direct S3 (rclone s3 backend)"
 measure direct \
-  "rclone copyto '$BENCH_STATE/big.bin' 'garage:$bucket/$run_id/direct/big.bin'" \
-  "rclone copyto 'garage:$bucket/$run_id/direct/big.bin' '$BENCH_STATE/back-direct.bin'" \
+  "rclone copyto --ignore-times '$BENCH_STATE/big.bin' 'garage:$bucket/$run_id/direct/big.bin'" \
+  "rclone copyto --ignore-times 'garage:$bucket/$run_id/direct/big.bin' '$BENCH_STATE/back-direct.bin'" \
   "$BENCH_STATE/back-direct.bin"
 
 log "sftpgate, default concurrency"
