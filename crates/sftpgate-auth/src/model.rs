@@ -17,6 +17,12 @@ pub enum Storage {
     /// A directory on the server: the user's `root_dir`.
     #[default]
     Local,
+    /// Keys of a bucket on the server's object store (its `[s3]` section); the user's
+    /// `root_dir` is the key prefix (docs/object-storage.md).
+    ObjectStore {
+        /// The bucket.
+        bucket: String,
+    },
     /// A kind this version does not know (written by a newer version, or by hand); the SFTP
     /// factory should refuse the session with a message naming the kind.
     Unknown {
@@ -32,21 +38,35 @@ impl Storage {
     pub fn kind(&self) -> &str {
         match self {
             Storage::Local => "local",
+            Storage::ObjectStore { .. } => "object_store",
             Storage::Unknown { kind, .. } => kind,
         }
     }
 
     /// The stored settings (JSON text).
-    pub fn settings(&self) -> &str {
+    pub fn settings(&self) -> String {
         match self {
-            Storage::Local => "{}",
-            Storage::Unknown { settings, .. } => settings,
+            Storage::Local => "{}".to_owned(),
+            Storage::ObjectStore { bucket } => serde_json::json!({ "bucket": bucket }).to_string(),
+            Storage::Unknown { settings, .. } => settings.clone(),
         }
     }
 
+    /// Reads the columns back; settings that do not parse leave the kind unknown (the
+    /// factory then refuses the session naming it).
     pub(crate) fn from_columns(kind: String, settings: String) -> Storage {
         match kind.as_str() {
             "local" => Storage::Local,
+            "object_store" => {
+                let bucket = serde_json::from_str::<serde_json::Value>(&settings)
+                    .ok()
+                    .and_then(|v| v.get("bucket")?.as_str().map(str::to_owned))
+                    .filter(|b| !b.is_empty());
+                match bucket {
+                    Some(bucket) => Storage::ObjectStore { bucket },
+                    None => Storage::Unknown { kind, settings },
+                }
+            }
             _ => Storage::Unknown { kind, settings },
         }
     }
@@ -290,6 +310,18 @@ mod tests {
             Storage::Local
         );
         let s3 = Storage::from_columns("s3".into(), "{\"bucket\":\"b\"}".into());
-        assert_eq!((s3.kind(), s3.settings()), ("s3", "{\"bucket\":\"b\"}"));
+        assert_eq!(
+            (s3.kind(), s3.settings().as_str()),
+            ("s3", "{\"bucket\":\"b\"}")
+        );
+        let object = Storage::from_columns("object_store".into(), "{\"bucket\":\"b\"}".into());
+        assert_eq!(object, Storage::ObjectStore { bucket: "b".into() });
+        assert_eq!(
+            Storage::from_columns(object.kind().into(), object.settings()),
+            object
+        );
+        // Settings without a bucket stay unknown, for the factory to refuse.
+        let broken = Storage::from_columns("object_store".into(), "{}".into());
+        assert!(matches!(broken, Storage::Unknown { .. }), "{broken:?}");
     }
 }

@@ -337,6 +337,9 @@ impl File for PermissionFile {
     async fn close(&self) -> Result<(), FsError> {
         self.inner.close().await
     }
+    async fn abandon(&self) -> Result<(), FsError> {
+        self.inner.abandon().await
+    }
 }
 
 #[cfg(test)]

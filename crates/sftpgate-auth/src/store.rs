@@ -542,6 +542,40 @@ impl Store {
             .await
     }
 
+    /// Sets where the user's files live and their root in it (a host directory for
+    /// [`Storage::Local`], a key prefix for [`Storage::ObjectStore`]), in one update;
+    /// applies to new sessions, files are not moved.
+    pub async fn set_storage(
+        &self,
+        name: &str,
+        storage: &Storage,
+        root_dir: &str,
+    ) -> Result<(), StoreError> {
+        check_root(root_dir, storage)?;
+        let now = to_unix(SystemTime::now());
+        let (kind, settings) = (storage.kind().to_owned(), storage.settings());
+        let updated = with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE users SET storage_kind = $1, storage_settings = $2, root_dir = $3, \
+                 updated_at = $4 WHERE name = $5",
+            )
+            .bind(kind.clone())
+            .bind(settings.clone())
+            .bind(root_dir)
+            .bind(now)
+            .bind(name)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if updated == 0 {
+            return Err(StoreError::UnknownUser {
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     // ---- keys -----------------------------------------------------------------------
 
     /// Adds one key line to the user.

@@ -552,4 +552,7 @@ impl File for CountingFile {
     async fn close(&self) -> Result<(), FsError> {
         self.inner.close().await
     }
+    async fn abandon(&self) -> Result<(), FsError> {
+        self.inner.abandon().await
+    }
 }

@@ -114,9 +114,9 @@ pub enum ReadyMessage {
 
 /// Where a session's files live, tagged by `"kind"`.
 ///
-/// Only `local` exists today. The kinds `object_store` (a bucket prefix) and `sftp` (an
-/// upstream SFTP server) are reserved for the backends that come next; a reply with any kind
-/// this server does not know is refused with a clear error rather than misread.
+/// `local` (a directory) and `object_store` (a bucket prefix). The kind `sftp` (an upstream
+/// SFTP server) is reserved for a backend that comes next; a reply with any kind this server
+/// does not know is refused with a clear error rather than misread.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -127,16 +127,25 @@ pub enum Backend {
         /// Absolute path of the directory.
         path: PathBuf,
     },
+    /// A key prefix of a bucket on the server's configured object store (its `[s3]`
+    /// section): the session's files are the keys `<prefix>/…` (docs/object-storage.md).
+    ObjectStore {
+        /// The bucket.
+        bucket: String,
+        /// The key prefix, e.g. `sessions/<allocation_id>`; not empty.
+        prefix: String,
+    },
 }
 
 impl Backend {
     /// The kinds this version understands.
-    pub const KINDS: &'static [&'static str] = &["local"];
+    pub const KINDS: &'static [&'static str] = &["local", "object_store"];
 
     /// The kind's name as the JSON spells it.
     pub fn kind(&self) -> &'static str {
         match self {
             Backend::Local { .. } => "local",
+            Backend::ObjectStore { .. } => "object_store",
         }
     }
 }
@@ -146,6 +155,7 @@ impl Backend {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum BackendRepr {
     Local { path: PathBuf },
+    ObjectStore { bucket: String, prefix: String },
 }
 
 impl<'de> Deserialize<'de> for Backend {
@@ -166,6 +176,7 @@ impl<'de> Deserialize<'de> for Backend {
         let repr = BackendRepr::deserialize(value).map_err(D::Error::custom)?;
         Ok(match repr {
             BackendRepr::Local { path } => Backend::Local { path },
+            BackendRepr::ObjectStore { bucket, prefix } => Backend::ObjectStore { bucket, prefix },
         })
     }
 }
@@ -285,7 +296,7 @@ mod tests {
     fn unknown_kind_is_a_clear_error() {
         check_provision_reply(
             json!({"status":"ready","backend":{"kind":"s3","bucket":"b"}}),
-            Err("unsupported backend kind \"s3\" (this server supports: local)"),
+            Err("unsupported backend kind \"s3\" (this server supports: local, object_store)"),
         );
     }
 
@@ -318,6 +329,21 @@ mod tests {
                 reason: "no".into(),
             }),
         );
+    }
+
+    #[test]
+    fn object_store_backend_round_trips() {
+        let backend = Backend::ObjectStore {
+            bucket: "b".into(),
+            prefix: "sessions/a1".into(),
+        };
+        let value = serde_json::to_value(&backend).unwrap();
+        assert_eq!(
+            value,
+            json!({"kind":"object_store","bucket":"b","prefix":"sessions/a1"})
+        );
+        assert_eq!(serde_json::from_value::<Backend>(value).unwrap(), backend);
+        assert_eq!(backend.kind(), "object_store");
     }
 
     #[test]

@@ -342,7 +342,7 @@ async fn unknown_backend_kind_is_refused_clearly_and_released() {
     assert_eq!(
         error.message(),
         "storage provisioning failed: invalid answer from the provisioner: \
-         unsupported backend kind \"s3\" (this server supports: local)"
+         unsupported backend kind \"s3\" (this server supports: local, object_store)"
     );
     // It may exist: released. Nobody answers releases here, so it waits in the outbox.
     cleanup.run().await;

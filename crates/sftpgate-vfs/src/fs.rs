@@ -149,6 +149,14 @@ pub trait File: Send + Sync + 'static {
     /// Closes the file. Called exactly once, after every other call on it finished; an error
     /// here (a failed final flush, say) is reported to the client's CLOSE.
     async fn close(&self) -> Result<(), FsError>;
+
+    /// Closes a file the client left open when its session ended, instead of
+    /// [`File::close`]. A backend that only makes written data visible at close (an upload
+    /// to object storage) discards it here: a session that ended without CLOSE must not
+    /// publish a half-written file. The default is [`File::close`].
+    async fn abandon(&self) -> Result<(), FsError> {
+        self.close().await
+    }
 }
 
 /// An open directory being listed.

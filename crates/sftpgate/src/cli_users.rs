@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 use sftpgate_auth::password::random_password;
 use sftpgate_auth::{
-    AuthorizedKey, KeyRecord, KeySelector, NewUser, Password, PermissionRule, Permissions, Store,
-    StoreError, UserDetails, UserRecord,
+    AuthorizedKey, KeyRecord, KeySelector, NewUser, Password, PermissionRule, Permissions, Storage,
+    Store, StoreError, UserDetails, UserRecord,
 };
 
 use crate::config::Config;
@@ -81,6 +81,9 @@ enum UserCommand {
     SetExpiry(SetExpiryArgs),
     /// Change a user's root directory (for new sessions; files are not moved).
     SetRoot(SetRootArgs),
+    /// Put a user's files on object storage (`s3://BUCKET/PREFIX`, on the server's `[s3]`
+    /// S3 server) or back on a local directory (for new sessions; files are not moved).
+    SetStorage(SetStorageArgs),
 }
 
 /// `sftpgate key …`
@@ -221,6 +224,15 @@ struct SetRootArgs {
     name: String,
     /// The new root directory, made absolute relative to the current directory.
     dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct SetStorageArgs {
+    /// The user's login name.
+    name: String,
+    /// `s3://BUCKET/PREFIX` (the prefix is the user's root), or a directory, made absolute
+    /// relative to the current directory.
+    location: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -396,6 +408,34 @@ async fn user(store: &Store, config: &Config, command: UserCommand) -> anyhow::R
             let root = absolute_utf8(&args.dir, "--root")?;
             store.set_root(&args.name, &root).await?;
             println!("user {:?}: root directory is now {root}", args.name);
+            Ok(())
+        }
+        UserCommand::SetStorage(args) => {
+            let (storage, root) = match args.location.strip_prefix("s3://") {
+                Some(rest) => {
+                    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                    let prefix = prefix.trim_matches('/');
+                    if bucket.is_empty() || prefix.is_empty() {
+                        return Err(input_error(
+                            "object storage needs s3://BUCKET/PREFIX with a non-empty prefix",
+                        ));
+                    }
+                    let bucket = bucket.to_owned();
+                    (Storage::ObjectStore { bucket }, prefix.to_owned())
+                }
+                None => (
+                    Storage::Local,
+                    absolute_utf8(Path::new(&args.location), "location")?,
+                ),
+            };
+            store.set_storage(&args.name, &storage, &root).await?;
+            match &storage {
+                Storage::ObjectStore { bucket } => println!(
+                    "user {:?}: files are now in s3://{bucket}/{root}",
+                    args.name
+                ),
+                _ => println!("user {:?}: root directory is now {root}", args.name),
+            }
             Ok(())
         }
     }

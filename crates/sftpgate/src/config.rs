@@ -31,6 +31,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// NATS: provisioning on SFTP open, release on exit, events (see docs/nats.md).
     pub nats: sftpgate_nats::NatsConfig,
+    /// The S3 server of users (and provisioned sessions) whose storage is `object_store`
+    /// (see docs/object-storage.md).
+    pub s3: S3Config,
     /// Log format of `serve`: `text` (human-readable) or `json` (one object per line).
     pub log_format: crate::logging::LogFormat,
     /// Prometheus metrics and the health endpoint.
@@ -61,8 +64,89 @@ impl Default for Config {
             timeouts: TimeoutsConfig::default(),
             limits: LimitsConfig::default(),
             nats: sftpgate_nats::NatsConfig::default(),
+            s3: S3Config::default(),
             log_format: crate::logging::LogFormat::Text,
             metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// `[s3]`: where object storage lives; the bucket and key prefix come per user (the users
+/// store) or per session (the NATS provisioning reply). Unset `access_key_id`: no S3.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// `http://127.0.0.1:3900` for Garage or MinIO; empty for AWS.
+    pub endpoint: String,
+    /// The region (Garage's default is `garage`).
+    pub region: String,
+    /// Access key id; empty: object storage is not configured.
+    pub access_key_id: String,
+    /// Secret access key (better set with `SFTPGATE_S3_SECRET_ACCESS_KEY`).
+    pub secret_access_key: String,
+    /// Retries of a transient failure, with exponential backoff.
+    pub max_retries: usize,
+    /// Bound on every store call, retries included.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Multipart part size in bytes (at least 5 MiB).
+    pub part_size: usize,
+    /// Parts uploading at once per session.
+    pub parts_in_flight: usize,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("call_timeout", &self.call_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        let o = sftpgate_fs_object::ObjectConfig::default();
+        S3Config {
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            max_retries: 3,
+            call_timeout: o.call_timeout,
+            part_size: o.part_size,
+            parts_in_flight: o.parts_in_flight,
+        }
+    }
+}
+
+impl S3Config {
+    /// The connection settings for `bucket`, or `None` when `[s3]` is not configured.
+    pub fn settings(&self, bucket: &str) -> Option<sftpgate_fs_object::S3Settings> {
+        if self.access_key_id.is_empty() {
+            return None;
+        }
+        let mut settings = sftpgate_fs_object::S3Settings::new(
+            (!self.endpoint.is_empty()).then(|| self.endpoint.clone()),
+            &self.region,
+            bucket,
+            &self.access_key_id,
+            &self.secret_access_key,
+        );
+        settings.max_retries = self.max_retries;
+        Some(settings)
+    }
+
+    /// The backend's tuning.
+    pub fn object_config(&self) -> sftpgate_fs_object::ObjectConfig {
+        sftpgate_fs_object::ObjectConfig {
+            call_timeout: self.call_timeout,
+            part_size: self.part_size,
+            parts_in_flight: self.parts_in_flight,
+            ..sftpgate_fs_object::ObjectConfig::default()
         }
     }
 }
@@ -268,6 +352,10 @@ impl Config {
         self.nats
             .validate()
             .map_err(|e| anyhow::anyhow!("[nats]: {e}"))?;
+        self.s3
+            .object_config()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[s3]: {e}"))?;
         Ok(())
     }
 
@@ -543,6 +631,28 @@ mod tests {
         assert_eq!(config.metrics.listen, "127.0.0.1:9100");
         assert!(config.metrics.allow_public);
         assert_eq!(config.log_format, crate::logging::LogFormat::Json);
+    }
+
+    #[test]
+    fn s3_section_from_variables() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("SFTPGATE_S3_ENDPOINT", "http://127.0.0.1:3900"),
+                ("SFTPGATE_S3_ACCESS_KEY_ID", "GK1"),
+                ("SFTPGATE_S3_SECRET_ACCESS_KEY", "s3cret"),
+                ("SFTPGATE_S3_PART_SIZE", "6291456"),
+            ]),
+        )
+        .unwrap();
+        let settings = config.s3.settings("b").expect("configured");
+        assert_eq!(settings.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+        assert_eq!(settings.bucket, "b");
+        assert_eq!(config.s3.object_config().part_size, 6 << 20);
+        assert!(!format!("{config:?}").contains("s3cret"), "secret in Debug");
+        assert!(Config::default().s3.settings("b").is_none());
+        let err = Config::load(None, env(&[("SFTPGATE_S3_PART_SIZE", "1000")])).unwrap_err();
+        assert!(format!("{err:#}").contains("part_size"), "{err:#}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod health;
 mod host_key;
 mod logging;
 mod metrics;
+mod object;
 mod serve;
 mod sftp_server;
 mod store;

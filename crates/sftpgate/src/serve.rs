@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::host_key;
+use crate::object::ObjectStores;
 use crate::users::FirstUser;
 
 /// Runs the server with `config` until a signal stops it.
@@ -79,8 +80,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // NATS's background work (releases, events) outlives the server's own drain, so that
     // exits during shutdown can still send their releases.
     let background = CancellationToken::new();
+    let objects = Arc::new(ObjectStores::new(config.s3.clone()));
     let nats = if config.nats.enabled {
-        Some(start_nats(&config, &background).await?)
+        Some(start_nats(&config, &background, objects.clone()).await?)
     } else {
         None
     };
@@ -92,7 +94,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
         crate::metrics::spawn(listener, prometheus, health, background.clone());
     }
-    let profiles = Profiles(store.clone());
+    let profiles = Profiles(store.clone(), objects.clone());
     let (hooks, factory, events) = match nats {
         None => (SessionHooks::None, SessionFactory::Local(profiles), None),
         Some(nats) => (
@@ -136,7 +138,11 @@ struct Nats {
 
 /// Connects, starts the release outbox and the event publisher (until `background` is
 /// cancelled), and builds the hooks and the provisioning factory.
-async fn start_nats(config: &Config, background: &CancellationToken) -> anyhow::Result<Nats> {
+async fn start_nats(
+    config: &Config,
+    background: &CancellationToken,
+    objects: Arc<ObjectStores>,
+) -> anyhow::Result<Nats> {
     check_nats_timeouts(config)?;
     let mut nats = config.nats.clone();
     nats.release.outbox_dir = config.data_dir.join(&nats.release.outbox_dir);
@@ -159,10 +165,11 @@ async fn start_nats(config: &Config, background: &CancellationToken) -> anyhow::
         None
     };
     let hooks = NatsHooks::new(client.clone(), &nats);
-    let factory = nats
-        .provision
-        .enabled
-        .then(|| NatsFactory::new(client.clone(), &nats, outbox, build_backend));
+    let factory = nats.provision.enabled.then(|| {
+        NatsFactory::new(client.clone(), &nats, outbox, move |backend| {
+            build_backend(backend, objects.clone())
+        })
+    });
     tracing::info!(servers = ?nats.servers, prefix = %nats.subject_prefix, provisioning = nats.provision.enabled, "NATS enabled");
     Ok(Nats {
         client,
@@ -197,12 +204,16 @@ pub fn check_nats_timeouts(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Turns a provisioned backend into the session's filesystem.
-async fn build_backend(backend: Backend) -> Result<Arc<dyn Filesystem>, BoxError> {
+async fn build_backend(
+    backend: Backend,
+    objects: Arc<ObjectStores>,
+) -> Result<Arc<dyn Filesystem>, BoxError> {
     match backend {
         Backend::Local { path } => {
             let fs = tokio::task::spawn_blocking(move || LocalFs::new(path)).await??;
             Ok(Arc::new(fs))
         }
+        Backend::ObjectStore { bucket, prefix } => Ok(objects.open(&bucket, &prefix)?),
         other => Err(format!("unsupported backend {other:?}").into()),
     }
 }
@@ -240,7 +251,7 @@ impl SftpFactory<AuthMetadata> for SessionFactory {
         let (profile, storage) = match self {
             SessionFactory::Local(profiles) => {
                 let profile = profiles.read(&ctx.connection.user).await?;
-                let storage = open_storage(&profile).await?;
+                let storage = open_storage(&profile, &profiles.1).await?;
                 (profile, storage)
             }
             SessionFactory::Nats(profiles, nats) => {
@@ -254,7 +265,7 @@ impl SftpFactory<AuthMetadata> for SessionFactory {
 }
 
 /// Reads a session's [`UserProfile`] (a snapshot: the session keeps it to its end).
-struct Profiles(Store);
+struct Profiles(Store, Arc<ObjectStores>);
 
 impl Profiles {
     async fn read(&self, user: &str) -> Result<UserProfile, HookError> {
@@ -269,9 +280,17 @@ impl Profiles {
     }
 }
 
-/// The user's own storage: their root directory, created (0700) if missing.
-async fn open_storage(profile: &UserProfile) -> Result<Arc<dyn Filesystem>, HookError> {
+/// The user's own storage: their root directory, created (0700) if missing; or their key
+/// prefix on the object store.
+async fn open_storage(
+    profile: &UserProfile,
+    objects: &ObjectStores,
+) -> Result<Arc<dyn Filesystem>, HookError> {
     match &profile.storage {
+        // The user's root is the key prefix in the bucket.
+        Storage::ObjectStore { bucket } => objects
+            .open(bucket, &profile.root_dir)
+            .map_err(HookError::new),
         Storage::Local => {
             let root = profile.root_dir.clone();
             let fs = tokio::task::spawn_blocking(move || open_root(Path::new(&root)))

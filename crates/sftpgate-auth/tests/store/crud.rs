@@ -20,6 +20,7 @@ on_both_backends!(
     permissions_set_list_remove,
     first_user_only_once,
     session_profile_reads_the_current_state,
+    object_store_storage,
 );
 
 fn perms(text: &str) -> Permissions {
@@ -421,4 +422,44 @@ async fn the_default_store_is_a_wal_mode_sqlite_file_in_the_data_dir() {
         .expect("reopen");
     assert_eq!(again.user_count().await.expect("count"), 1);
     again.close().await;
+}
+
+async fn object_store_storage(db: &TestDb) {
+    db.store
+        .add_user(&NewUser::new("carol", "/srv/carol"))
+        .await
+        .expect("add");
+    let s3 = Storage::ObjectStore {
+        bucket: "files".into(),
+    };
+    db.store
+        .set_storage("carol", &s3, "users/carol")
+        .await
+        .expect("set object storage");
+    let profile = db.store.session_profile("carol").await.expect("profile");
+    assert_eq!(profile.storage, s3);
+    assert_eq!(profile.root_dir, "users/carol");
+    // A key prefix need not be absolute; an empty one (the whole bucket) is refused.
+    assert!(db.store.set_storage("carol", &s3, "").await.is_err());
+    // Back to a local root, which must be absolute again.
+    assert!(db
+        .store
+        .set_storage("carol", &Storage::Local, "relative")
+        .await
+        .is_err());
+    db.store
+        .set_storage("carol", &Storage::Local, "/srv/carol2")
+        .await
+        .expect("back to local");
+    let record = db.store.user_record("carol").await.expect("record");
+    assert_eq!(
+        (record.storage, record.root_dir.as_str()),
+        (Storage::Local, "/srv/carol2")
+    );
+    let err = db
+        .store
+        .set_storage("nobody", &s3, "p")
+        .await
+        .expect_err("unknown user");
+    assert!(matches!(err, StoreError::UnknownUser { .. }), "{err:?}");
 }

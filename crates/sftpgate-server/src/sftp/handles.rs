@@ -127,7 +127,8 @@ impl HandleTable {
         };
         for handle in handles {
             if let Handle::File(f) = handle {
-                match AssertUnwindSafe(f.file.close()).catch_unwind().await {
+                // `abandon`, not `close`: the client never closed it (see `File::abandon`).
+                match AssertUnwindSafe(f.file.abandon()).catch_unwind().await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         tracing::warn!(path = %f.path, error = %e, "closing a file left open failed");
