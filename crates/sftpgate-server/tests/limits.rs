@@ -362,3 +362,69 @@ async fn slowloris_flood_from_another_address_does_not_stop_a_real_client() {
     flood.abort_all();
     server.stop().await;
 }
+
+/// `sftpgate_limit_hits_total{limit}` so far.
+fn limit_hits(limit: &str) -> u64 {
+    let key = format!("sftpgate_limit_hits_total{{limit={limit}}}");
+    counters()
+        .values
+        .lock()
+        .unwrap()
+        .get(&key)
+        .map_or(0, |v| v.load(Ordering::Relaxed))
+}
+
+/// Per-session limits (open handles, WRITE size) answer the request that hits them with a
+/// STATUS saying which limit, are counted, and the session goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn session_limits_are_statuses_and_counted() {
+    counters();
+    let mut server = TestServer::start(Options {
+        limits: Limits {
+            max_handles: 1,
+            max_write: 1024,
+            ..Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let (_client, mut sftp) = server.sftp_client().await;
+    let flags = sftpgate_proto::OpenFlags::WRITE | sftpgate_proto::OpenFlags::CREAT;
+    let (handles_before, writes_before) = (limit_hits("handles"), limit_hits("write"));
+
+    let a = sftp.open("/a", flags).await.expect("first handle");
+    let (code, message) = sftp.open("/b", flags).await.expect_err("over max_handles");
+    assert_eq!(code, sftpgate_proto::StatusCode::Failure);
+    assert!(message.contains("Too many open handles"), "{message}");
+    assert!(
+        limit_hits("handles") > handles_before,
+        "handle limit counted"
+    );
+
+    let (code, message) = sftp
+        .write(&a, 0, &[1u8; 2048])
+        .await
+        .expect_err("over max_write");
+    assert_eq!(code, sftpgate_proto::StatusCode::BadMessage);
+    assert!(
+        message.contains("2048") && message.contains("1024"),
+        "says the size and the limit: {message}"
+    );
+    assert!(
+        limit_hits("write") > writes_before,
+        "WRITE size limit counted"
+    );
+
+    // The session goes on: a WRITE within the limit lands, the file holds only it.
+    sftp.write(&a, 0, &[2u8; 1024])
+        .await
+        .expect("write within the limit");
+    sftp.close(&a).await.expect("close");
+    assert_eq!(
+        std::fs::read(server.root.join("a")).unwrap(),
+        vec![2u8; 1024]
+    );
+    sftp.eof().await;
+    server.log.wait_exits(1).await;
+    server.stop().await;
+}
