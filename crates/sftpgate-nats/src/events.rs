@@ -435,6 +435,7 @@ mod tests {
             peer: "127.0.0.1:5000".parse().unwrap(),
             user: "alice".into(),
             method: AuthMethod::Password,
+            client_software: String::new(),
         })
     }
 

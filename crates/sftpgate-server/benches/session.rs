@@ -250,6 +250,7 @@ impl Bench {
             peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 22)),
             user: "bench".into(),
             method: AuthMethod::External,
+            client_software: String::new(),
         };
         let counting = CountingWriter {
             inner: server_writer,

@@ -271,6 +271,7 @@ where
             peer: self.peer,
             user,
             method,
+            client_software: client_software(session.remote_sshid()),
         });
         let timeout = self.shared.config.timeouts.auth_completed;
         let started = Instant::now();
@@ -445,4 +446,38 @@ where
 
 fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// The software part of an SSH identification string: `SSH-2.0-OpenSSH_9.2p1 Debian-2`
+/// gives `OpenSSH_9.2p1`.
+fn client_software(id: &[u8]) -> String {
+    let id = String::from_utf8_lossy(id);
+    let id = id.trim_end();
+    let software = id
+        .strip_prefix("SSH-2.0-")
+        .or_else(|| id.strip_prefix("SSH-1.99-"))
+        .unwrap_or(id);
+    software.split(' ').next().unwrap_or_default().to_owned()
+}
+
+#[cfg(test)]
+mod client_software_tests {
+    use super::client_software;
+
+    #[test]
+    fn the_software_part_of_an_identification_string() {
+        assert_eq!(
+            client_software(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u10\r\n"),
+            "OpenSSH_9.2p1"
+        );
+        assert_eq!(
+            client_software(b"SSH-2.0-AsyncSSH_2.24.1"),
+            "AsyncSSH_2.24.1"
+        );
+        assert_eq!(
+            client_software(b"SSH-1.99-paramiko_5.1.0"),
+            "paramiko_5.1.0"
+        );
+        assert_eq!(client_software(b""), "");
+    }
 }

@@ -73,6 +73,11 @@ pub struct ConnectionInfo {
     pub user: String,
     /// How the user authenticated.
     pub method: AuthMethod,
+    /// The client's software as its SSH identification string names it (`OpenSSH_9.2p1`,
+    /// `AsyncSSH_2.24.1`, …); empty when the session does not come over SSH
+    /// ([`crate::StreamSession`]). Clients differ in protocol details (see `SYMLINK` in
+    /// sftp/dispatch.rs), and logs and events can say which client it was.
+    pub client_software: String,
 }
 
 /// What the SFTP factory is given for one session.

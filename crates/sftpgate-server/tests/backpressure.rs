@@ -78,6 +78,7 @@ async fn a_client_that_never_reads_replies_holds_bounded_memory() {
             peer: "127.0.0.1:22".parse().unwrap(),
             user: "pipeliner".into(),
             method: AuthMethod::External,
+            client_software: String::new(),
         },
         server_in,
         server_out,

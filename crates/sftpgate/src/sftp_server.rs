@@ -135,6 +135,7 @@ pub fn run(args: SftpServerArgs) -> anyhow::Result<i32> {
         peer: ssh_client_address(),
         user,
         method: AuthMethod::External,
+        client_software: String::new(),
     };
     // One session per process, like OpenSSH's sftp-server: a single thread does it all (the
     // local backend then runs its system calls inline instead of hopping to a pool).

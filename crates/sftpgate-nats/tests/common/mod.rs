@@ -153,6 +153,7 @@ pub fn connection(id: u64, user: &str) -> ConnectionInfo {
         peer: "127.0.0.1:40000".parse().expect("an address"),
         user: user.to_owned(),
         method: AuthMethod::Password,
+        client_software: String::new(),
     }
 }
 

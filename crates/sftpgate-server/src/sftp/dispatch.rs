@@ -299,6 +299,15 @@ impl Dispatcher {
                 targetpath,
                 ..
             } => {
+                // The codec reads OpenSSH's order (target first), which every deployed
+                // client sends, except AsyncSSH: it sends the draft's order to servers whose
+                // identification string does not say OpenSSH or paramiko.
+                let (linkpath, targetpath) =
+                    if self.connection.client_software.starts_with("AsyncSSH_") {
+                        (targetpath, linkpath)
+                    } else {
+                        (linkpath, targetpath)
+                    };
                 if targetpath.contains(&0) {
                     return Err(FsError::InvalidInput(
                         "symlink target contains a NUL byte".into(),

@@ -88,6 +88,7 @@ pub fn check_session(data: &[u8]) {
         peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 22)),
         user: "fuzz".into(),
         method: AuthMethod::External,
+        client_software: String::new(),
     };
     // The input flows once the factory has returned: otherwise the end of the input could
     // race the factory and end the session before it starts (fine for a server, useless
