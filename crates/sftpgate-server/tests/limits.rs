@@ -100,15 +100,21 @@ fn counters() -> &'static Counters {
     })
 }
 
-/// `sftpgate_connections_rejected_total{reason}` so far.
-fn rejected(reason: &str) -> u64 {
-    let key = format!("sftpgate_connections_rejected_total{{reason={reason}}}");
+/// A counter's value so far, by its key as `key_text` writes it.
+fn counter(key: &str) -> u64 {
     counters()
         .values
         .lock()
         .unwrap()
-        .get(&key)
+        .get(key)
         .map_or(0, |v| v.load(Ordering::Relaxed))
+}
+
+/// `sftpgate_connections_rejected_total{reason}` so far.
+fn rejected(reason: &str) -> u64 {
+    counter(&format!(
+        "sftpgate_connections_rejected_total{{reason={reason}}}"
+    ))
 }
 
 /// The DISCONNECT message a connection from `from` is refused with.
@@ -365,13 +371,7 @@ async fn slowloris_flood_from_another_address_does_not_stop_a_real_client() {
 
 /// `sftpgate_limit_hits_total{limit}` so far.
 fn limit_hits(limit: &str) -> u64 {
-    let key = format!("sftpgate_limit_hits_total{{limit={limit}}}");
-    counters()
-        .values
-        .lock()
-        .unwrap()
-        .get(&key)
-        .map_or(0, |v| v.load(Ordering::Relaxed))
+    counter(&format!("sftpgate_limit_hits_total{{limit={limit}}}"))
 }
 
 /// Per-session limits (open handles, WRITE size) answer the request that hits them with a
