@@ -13,8 +13,9 @@
 # checked). Reported: median, min, max per server, the ratio sftpgate/OpenSSH of the medians
 # and the median of the per-pair ratios (for times the ratio is inverted: > 1 means sftpgate
 # is faster), and the servers' CPU time (user+sys of the server process, from `times` in a
-# wrapper shell). Session setup (median of bare `pwd` sessions, per server) is subtracted
-# from every timed session.
+# wrapper shell), the client's CPU time, and a ceiling: the best ratio any server could
+# reach with this client (see `report`). Session setup (median of bare `pwd` sessions, per
+# server) is subtracted from every timed session.
 #
 # Usage: bench/sftp-server.sh            (from anywhere; builds the release binary first)
 # Env:   BENCH_RUNS       pairs per figure (5)
@@ -52,6 +53,7 @@ want() { [[ ",$BENCH_TESTS," == *",$1,"* ]]; }
 command -v sftp >/dev/null || die "OpenSSH sftp client not found (package openssh-client)"
 [[ -x "$BENCH_OPENSSH" ]] || die "$BENCH_OPENSSH not found (package openssh-sftp-server)"
 command -v sha256sum >/dev/null || die "sha256sum not found"
+[[ -x /usr/bin/time ]] || die "/usr/bin/time not found (package time)"
 ((BASH_VERSINFO[0] >= 5)) || die "bash 5 needed (EPOCHREALTIME)"
 if [[ "$BENCH_BUILD" == 1 ]]; then
   log "cargo build --release -p sftpgate"
@@ -95,11 +97,14 @@ session() {
   local server="$1" batch="$2"; shift 2
   rm -f "$W/cpu"
   local t0=$EPOCHREALTIME
-  sftp -q -b "$batch" "$@" -D "$W/$server.sh" > "$W/out" 2> "$W/err" ||
+  # /usr/bin/time: CPU of sftp and of what it waited for (the wrapper and the server).
+  /usr/bin/time -f '%U %S' -o "$W/total" sftp -q -b "$batch" "$@" -D "$W/$server.sh" > "$W/out" 2> "$W/err" ||
     die "$server: sftp failed on $(head -c 300 "$batch"): $(cat "$W/err")"
   local t1=$EPOCHREALTIME
   SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f", b - a }')
-  CPU=$(awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); sub("s", "", p[2]); n += p[1] * 60 + p[2] } printf "%.3f", n }' "$W/cpu")
+  # `times`, second line: user and sys of the wrapper's children (the server).
+  read -r CPU SYS < <(awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); sub("s", "", p[2]); v[i] = p[1] * 60 + p[2] } printf "%.3f %.3f\n", v[1] + v[2], v[2] }' "$W/cpu")
+  CLIENT=$(awk -v s="$CPU" '{ c = $1 + $2 - s; printf "%.3f", (c < 0) ? 0 : c }' "$W/total")
 }
 
 # stats: numbers on stdin -> "median min max"
@@ -108,7 +113,8 @@ stats() {
     m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%.6g %.6g %.6g\n", m, a[1], a[NR] }'
 }
 
-# Every timed session appends "FIGURE SERVER RUN SECONDS CPU" to $W/results.
+# Every timed session appends "FIGURE SERVER RUN SECONDS CPU SYS CLIENT" to $W/results
+# (server user+sys, server sys, client user+sys; seconds).
 : > "$W/results"
 declare -A SETUP
 measure() { # measure FIGURE SERVER RUN BATCH [client args...]
@@ -116,8 +122,8 @@ measure() { # measure FIGURE SERVER RUN BATCH [client args...]
   session "$server" "$batch" "$@"
   local secs
   secs=$(awk -v s="$SECS" -v z="${SETUP[$server]}" 'BEGIN { d = s - z; printf "%.6f", (d < 0.0001) ? 0.0001 : d }')
-  echo "$figure $server $run $secs $CPU" >> "$W/results"
-  log "  $figure $server run $run: ${secs} s, server CPU ${CPU} s"
+  echo "$figure $server $run $secs $CPU $SYS $CLIENT" >> "$W/results"
+  log "  $figure $server run $run: ${secs} s, server CPU ${CPU} s (sys ${SYS}), client CPU ${CLIENT} s"
 }
 # order RUN: the servers in this run's order (A B, then B A, ...)
 order() { if (($1 % 2)); then echo "${SERVERS[0]} ${SERVERS[1]}"; else echo "${SERVERS[1]} ${SERVERS[0]}"; fi; }
@@ -242,8 +248,8 @@ label() {
   esac
 }
 report() {
-  echo "| figure | sftpgate median (min–max) | OpenSSH median (min–max) | ratio of medians | median of pair ratios | server CPU s, sftpgate / OpenSSH (median) |"
-  echo "|---|---|---|---|---|---|"
+  echo "| figure | sftpgate median (min–max) | OpenSSH median (min–max) | ratio of medians | median of pair ratios | server CPU s, sftpgate / OpenSSH (median) | client CPU s (median) | ceiling |"
+  echo "|---|---|---|---|---|---|---|---|"
   local figure
   for figure in big-up-default big-down-default big-up-deep big-down-deep small-up small-down ls; do
     grep -q "^$figure " "$W/results" || continue
@@ -269,7 +275,18 @@ report() {
       awk -v f="$figure" -v s="$server" '$1 == f && $2 == s { print $5 }' "$W/results" | stats | awk '{ printf "%.2f", $1 }'
       echo
     done | paste -sd/ | sed 's#/# / #')
-    echo "| $(label "$figure") | ${cells[0]} | ${cells[1]} | **${ratio}×** | ${pairs}× | $cpu |"
+    # The ceiling: the best ratio any server could reach against OpenSSH's median with this
+    # client. Whatever the server, the single-threaded client spends its own CPU (median over
+    # both servers' sessions), and the kernel does at least the work it did for OpenSSH's
+    # server (its sys time: the same socket reads and writes and file calls on the same
+    # bytes). Serial figures (small files, listing: the client waits for each reply) add
+    # the two; pipelined ones (big files) overlap them, so the larger one bounds.
+    local client osys ceiling
+    client=$(awk -v f="$figure" '$1 == f { print $7 }' "$W/results" | stats | awk '{ print $1 }')
+    osys=$(awk -v f="$figure" '$1 == f && $2 == "openssh" { print $6 }' "$W/results" | stats | awk '{ print $1 }')
+    ceiling=$(awk -v t="$med_openssh" -v c="$client" -v k="$osys" -v f="$figure" 'BEGIN {
+      b = (f ~ /^big-/) ? ((c > k) ? c : k) : c + k; printf "%.2f", (b > 0) ? t / b : 0 }')
+    echo "| $(label "$figure") | ${cells[0]} | ${cells[1]} | **${ratio}×** | ${pairs}× | $cpu | $(awk -v c="$client" 'BEGIN { printf "%.2f", c }') | ≤ ${ceiling}× |"
   done
   echo
   echo "Session setup (subtracted): sftpgate $(awk -v s="${SETUP[sftpgate]}" 'BEGIN { printf "%.1f", s * 1000 }') ms, OpenSSH $(awk -v s="${SETUP[openssh]}" 'BEGIN { printf "%.1f", s * 1000 }') ms (median of 9 bare \`pwd\` sessions each)."

@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::events::{EventSink, NoEvents};
 use crate::hooks::{ConnectionInfo, Hooks, SessionId, SftpContext, SftpFactory};
 use crate::server::ShutdownHandle;
-use crate::sftp::transport::{Inbound, Inlet, Outlet};
+use crate::sftp::transport::{Inlet, Outlet};
 use crate::sftp::{run_session, SessionCore};
 
 /// Read size from the stream.
@@ -131,10 +131,7 @@ where
             events: self.events.clone(),
             start_dir: self.start_dir.clone(),
         };
-        let inlet = StreamInlet {
-            reader,
-            buf: BytesMut::new(),
-        };
+        let inlet = StreamInlet { reader };
         let reason = run_session(
             self.factory.clone(),
             core,
@@ -168,17 +165,17 @@ where
 
 struct StreamInlet<R> {
     reader: R,
-    buf: BytesMut,
 }
 
 impl<R: AsyncRead + Unpin + Send> Inlet for StreamInlet<R> {
-    async fn recv(&mut self) -> Inbound {
-        self.buf.reserve(READ_CHUNK);
+    /// Reads straight into the session's decode buffer: no copy of the input in between.
+    async fn recv_into(&mut self, input: &mut BytesMut) -> Option<EndReason> {
+        input.reserve(READ_CHUNK);
         // Cancel-safe: if another branch wins, nothing was read.
-        match self.reader.read_buf(&mut self.buf).await {
-            Ok(0) => Inbound::End(EndReason::ClientEof),
-            Ok(_) => Inbound::Data(self.buf.split().freeze()),
-            Err(e) => Inbound::End(EndReason::ConnectionLost {
+        match self.reader.read_buf(input).await {
+            Ok(0) => Some(EndReason::ClientEof),
+            Ok(_) => None,
+            Err(e) => Some(EndReason::ConnectionLost {
                 detail: format!("reading input: {e}"),
             }),
         }

@@ -194,16 +194,29 @@ fn stdin_reader() -> Box<dyn AsyncRead + Unpin + Send> {
     Box::new(tokio::io::stdin())
 }
 
+/// Kernel buffer asked for stdout: a few 255 KiB DATA replies, so that sending them waits
+/// less often for the client to read (the defaults are 64 KiB for a pipe and about 208 KiB
+/// for a socket, less than one large reply).
+const REPLY_BUFFER: usize = 1 << 20;
+
 /// stdout for the session, as [`stdin_reader`].
 fn stdout_writer() -> Box<dyn AsyncWrite + Unpin + Send> {
     use std::os::fd::AsFd as _;
     match duplicate(std::io::stdout().as_fd()) {
         Some(Pollable::Pipe(file)) => match tokio::net::unix::pipe::Sender::from_file(file) {
-            Ok(pipe) => return Box::new(pipe),
+            Ok(pipe) => {
+                // Room for several large replies: fewer waits for the client to drain.
+                let _ = rustix::pipe::fcntl_setpipe_size(&pipe, REPLY_BUFFER);
+                return Box::new(pipe);
+            }
             Err(e) => tracing::debug!(error = %e, "stdout pipe not pollable"),
         },
         Some(Pollable::Socket(socket)) => match nonblocking_socket(socket) {
-            Ok(socket) => return Box::new(socket),
+            Ok(socket) => {
+                // As for a pipe; the kernel caps it at net.core.wmem_max.
+                let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, REPLY_BUFFER);
+                return Box::new(socket);
+            }
             Err(e) => tracing::debug!(error = %e, "stdout socket not pollable"),
         },
         None => {}

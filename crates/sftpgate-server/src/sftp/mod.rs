@@ -48,7 +48,7 @@ use crate::lifecycle::{panic_message, Exit, ExitGuard};
 use dispatch::Dispatcher;
 use request_metrics::{RequestOp, SessionMetrics};
 use sequencer::{Access, Sequencer};
-use transport::{ChannelInlet, ChannelOutlet, Inbound, Inlet, Outlet};
+use transport::{ChannelInlet, ChannelOutlet, Inlet, Outlet};
 use writer::Outgoing;
 
 /// Bytes a client may send before its session has started (the factory is still running).
@@ -175,10 +175,11 @@ where
             tokio::select! {
                 result = &mut open => break FactoryOutcome::Finished(result),
                 () = shutdown.cancelled() => break FactoryOutcome::Left(EndReason::Shutdown),
-                inbound = inlet.recv(), if early.len() < MAX_EARLY_BYTES => match inbound {
-                    Inbound::Data(data) => early.extend_from_slice(&data),
-                    Inbound::End(reason) => break FactoryOutcome::Left(reason),
-                },
+                end = inlet.recv_into(&mut early), if early.len() < MAX_EARLY_BYTES => {
+                    if let Some(reason) = end {
+                        break FactoryOutcome::Left(reason);
+                    }
+                }
             }
         }
     };
@@ -426,10 +427,11 @@ impl Serving {
                         tracing::error!(error = %e, "request task failed");
                     }
                 }
-                inbound = inlet.recv() => match inbound {
-                    Inbound::Data(data) => input.extend_from_slice(&data),
-                    Inbound::End(reason) => break reason,
-                },
+                end = inlet.recv_into(&mut input) => {
+                    if let Some(reason) = end {
+                        break reason;
+                    }
+                }
                 result = &mut writer_task => {
                     let detail = match result {
                         Ok(Err(e)) => format!("sending replies failed: {e}"),

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use russh::server::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use sftpgate_vfs::EndReason;
@@ -12,17 +12,27 @@ use tokio::sync::watch;
 
 use super::END_REASON_WAIT;
 
-/// What the client sent next.
-pub(crate) enum Inbound {
-    /// More protocol bytes.
-    Data(Bytes),
-    /// The stream ended, and why.
-    End(EndReason),
+/// The client-to-server byte stream. `recv_into` must be cancel-safe: the session selects
+/// on it.
+pub(crate) trait Inlet: Send {
+    /// Appends the next bytes the client sent to `input` (the session's decode buffer, so
+    /// that a transport that can read in place copies nothing); `Some(reason)` when the
+    /// stream has ended instead.
+    fn recv_into(&mut self, input: &mut BytesMut)
+        -> impl Future<Output = Option<EndReason>> + Send;
 }
 
-/// The client-to-server byte stream. `recv` must be cancel-safe: the session selects on it.
-pub(crate) trait Inlet: Send {
-    fn recv(&mut self) -> impl Future<Output = Inbound> + Send;
+/// Appends `data` to `input`, taking its buffer over instead of copying when `input` is
+/// empty and nothing else refers to `data` (a new SSH channel message).
+pub(crate) fn append(input: &mut BytesMut, data: Bytes) {
+    if input.is_empty() {
+        match data.try_into_mut() {
+            Ok(data) => *input = data,
+            Err(data) => input.extend_from_slice(&data),
+        }
+    } else {
+        input.extend_from_slice(&data);
+    }
 }
 
 /// The server-to-client byte stream.
@@ -43,14 +53,17 @@ pub(crate) struct ChannelInlet {
 }
 
 impl Inlet for ChannelInlet {
-    async fn recv(&mut self) -> Inbound {
+    async fn recv_into(&mut self, input: &mut BytesMut) -> Option<EndReason> {
         loop {
             match self.reader.wait().await {
-                Some(ChannelMsg::Data { data }) => return Inbound::Data(data),
-                Some(ChannelMsg::Eof) => return Inbound::End(EndReason::ClientEof),
-                Some(ChannelMsg::Close) => return Inbound::End(EndReason::ClientClosed),
+                Some(ChannelMsg::Data { data }) => {
+                    append(input, data);
+                    return None;
+                }
+                Some(ChannelMsg::Eof) => return Some(EndReason::ClientEof),
+                Some(ChannelMsg::Close) => return Some(EndReason::ClientClosed),
                 Some(_) => {}
-                None => return Inbound::End(why_gone(&mut self.connection_end).await),
+                None => return Some(why_gone(&mut self.connection_end).await),
             }
         }
     }
@@ -96,5 +109,34 @@ impl ChannelOutlet {
         let _ = self.0.exit_status(status).await;
         let _ = self.0.eof().await;
         let _ = self.0.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_takes_a_unique_buffer_over_and_copies_otherwise() {
+        // Empty input, unique message: the message's buffer becomes the input.
+        let data = Bytes::from(b"first".to_vec());
+        let at = data.as_ptr();
+        let mut input = BytesMut::new();
+        append(&mut input, data);
+        assert_eq!(&input[..], b"first");
+        assert_eq!(input.as_ptr(), at, "no copy of a unique message");
+
+        // Non-empty input: appended after what is there.
+        append(&mut input, Bytes::from_static(b", second"));
+        assert_eq!(&input[..], b"first, second");
+
+        // Empty input, message still referenced elsewhere: copied, the other view unchanged.
+        let shared = Bytes::from(b"third".to_vec());
+        let keep = shared.clone();
+        let mut input = BytesMut::new();
+        append(&mut input, shared);
+        assert_eq!(&input[..], b"third");
+        input[0] = b'T';
+        assert_eq!(&keep[..], b"third");
     }
 }
