@@ -315,7 +315,7 @@ fn open(
     // Harmless on regular files for most filesystems, but some (FUSE, network) honour it.
     let status = rustix::fs::fcntl_getfl(&fd).map_err(from_errno)?;
     rustix::fs::fcntl_setfl(&fd, status - OFlags::NONBLOCK).map_err(from_errno)?;
-    Ok(LocalFile::new(fd))
+    Ok(LocalFile::new(fd, u64::try_from(st.st_size).unwrap_or(0)))
 }
 
 fn setstat(jail: &Jail, path: &VPath, attrs: &FileAttributes) -> Result<(), FsError> {

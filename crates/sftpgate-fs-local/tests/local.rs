@@ -628,3 +628,83 @@ async fn errors_and_names_never_show_host_paths() {
         host.as_bytes()
     );
 }
+
+/// Reads `path` from `offset` to the end with `len`-byte READs, as a client does.
+async fn read_to_end(file: &dyn sftpgate_vfs::File, mut offset: u64, len: u32) -> Vec<u8> {
+    let mut all = Vec::new();
+    loop {
+        let mut buf = BytesMut::new();
+        match file.read(offset, len, &mut buf).await {
+            Ok(n) => {
+                assert_eq!(n, buf.len());
+                offset += n as u64;
+                all.extend_from_slice(&buf);
+            }
+            Err(FsError::Eof) => return all,
+            Err(e) => panic!("read at {offset}: {e}"),
+        }
+    }
+}
+
+/// Reads are sized by what the handle knows of the file (so a 255 KiB READ of a 4 KiB file
+/// does not zero 255 KiB): a file that grew after OPEN, or whose size says nothing, must
+/// still be read whole, on both runtimes (inline and on the pool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_a_file_that_grew_after_open() {
+    grows_after_open().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn reads_see_a_file_that_grew_after_open_inline() {
+    grows_after_open().await;
+}
+
+async fn grows_after_open() {
+    let (dir, fs) = fresh();
+    let host = dir.path().join("log");
+    std::fs::write(&host, b"0123456789").expect("write");
+    let file = fs
+        .open(&p("/log"), OpenFlags::READ, &FileAttributes::default())
+        .await
+        .expect("open");
+    let mut buf = BytesMut::new();
+    assert_eq!(file.read(0, 261_120, &mut buf).await.expect("read"), 10);
+    assert_eq!(&buf[..], b"0123456789");
+    // Another writer appends 300 KiB after the OPEN.
+    let more: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&host)
+            .expect("reopen");
+        f.write_all(&more).expect("append");
+    }
+    let rest = read_to_end(&*file, 10, 261_120).await;
+    assert_eq!(rest, more, "every byte appended after OPEN is read");
+
+    // Written through the handle itself: read back at once.
+    let rw = fs
+        .open(
+            &p("/rw"),
+            OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREAT,
+            &FileAttributes::default(),
+        )
+        .await
+        .expect("open rw");
+    rw.write(0, Bytes::from(more.clone())).await.expect("write");
+    assert_eq!(read_to_end(&*rw, 0, 32 * 1024).await, more);
+}
+
+/// A file whose size says 0 though it has content (as in /proc) is read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_a_file_whose_size_says_nothing() {
+    let fs = LocalFs::new("/proc/self").expect("LocalFs::new /proc/self");
+    let file = fs
+        .open(&p("/status"), OpenFlags::READ, &FileAttributes::default())
+        .await
+        .expect("open /proc/self/status");
+    let data = read_to_end(&*file, 0, 261_120).await;
+    let text = String::from_utf8(data).expect("text");
+    assert!(text.contains("Name:") && text.contains("VmRSS:"), "{text}");
+}

@@ -1,5 +1,11 @@
 //! The `sftpgate` binary: the command line, logging, and the subcommands.
 
+/// mimalloc instead of glibc's malloc: a server that allocates a reply buffer of up to
+/// 255 KiB per READ made glibc grow and trim its heap (brk) around nearly every request and
+/// fault the pages in again, about a fifth of `sftpgate sftp-server`'s CPU on small files.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod check_config;
 mod cli_users;
 mod config;
