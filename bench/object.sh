@@ -69,9 +69,9 @@ PROXY="$target_dir/$dir/sftpgate-s3-latency-proxy"
 rm -rf "$BENCH_STATE"; mkdir -p "$BENCH_STATE"
 server_pid=""
 proxy_pid=""
-cleanup() {
-  [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-  [[ -n "$proxy_pid" ]] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null
+cleanup() { # the script's exit status stays its own: a killed child's 143 is not ours
+  if [[ -n "$server_pid" ]]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  if [[ -n "$proxy_pid" ]]; then kill "$proxy_pid" 2>/dev/null || true; wait "$proxy_pid" 2>/dev/null || true; fi
   rm -rf "$BENCH_STATE"
 }
 trap cleanup EXIT
