@@ -12,7 +12,7 @@ pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 
 /// How the backend uses the store. Memory held per session is bounded by
 /// `max_writers × (part_size + reorder_window) + parts_in_flight × part_size`
-/// for uploads, plus `read_ahead + 1` chunks of `read_chunk` per file being read.
+/// for uploads, plus `read_ahead + 2` chunks of `read_chunk` per file being read.
 #[derive(Debug, Clone)]
 pub struct ObjectConfig {
     /// Size of a multipart part (at least [`MIN_PART_SIZE`]). Uploads smaller than one
@@ -28,7 +28,7 @@ pub struct ObjectConfig {
     pub max_writers: usize,
     /// Size of one ranged GET of a sequential reader.
     pub read_chunk: usize,
-    /// Chunks fetched ahead of a sequential reader.
+    /// Chunks fetched ahead of a sequential reader (0: only the chunks a read needs).
     pub read_ahead: usize,
     /// Bound on every single call to the store, retries included.
     pub call_timeout: Duration,

@@ -93,6 +93,11 @@ pub struct S3Config {
     pub part_size: usize,
     /// Parts uploading at once per session.
     pub parts_in_flight: usize,
+    /// Bytes of one ranged GET of a sequential reader (positive).
+    pub read_chunk: usize,
+    /// Chunks fetched ahead of a sequential reader (0: none; raise it for a store far
+    /// away, where each GET waits tens of milliseconds).
+    pub read_ahead: usize,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -119,6 +124,8 @@ impl Default for S3Config {
             call_timeout: o.call_timeout,
             part_size: o.part_size,
             parts_in_flight: o.parts_in_flight,
+            read_chunk: o.read_chunk,
+            read_ahead: o.read_ahead,
         }
     }
 }
@@ -146,6 +153,8 @@ impl S3Config {
             call_timeout: self.call_timeout,
             part_size: self.part_size,
             parts_in_flight: self.parts_in_flight,
+            read_chunk: self.read_chunk,
+            read_ahead: self.read_ahead,
             ..sftpgate_fs_object::ObjectConfig::default()
         }
     }
@@ -653,6 +662,28 @@ mod tests {
         assert!(Config::default().s3.settings("b").is_none());
         let err = Config::load(None, env(&[("SFTPGATE_S3_PART_SIZE", "1000")])).unwrap_err();
         assert!(format!("{err:#}").contains("part_size"), "{err:#}");
+    }
+
+    #[test]
+    fn s3_read_chunk_and_read_ahead_from_variables() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("SFTPGATE_S3_READ_CHUNK", "261120"),
+                ("SFTPGATE_S3_READ_AHEAD", "0"),
+            ]),
+        )
+        .unwrap();
+        let object = config.s3.object_config();
+        assert_eq!((object.read_chunk, object.read_ahead), (261_120, 0));
+        let defaults = sftpgate_fs_object::ObjectConfig::default();
+        let object = Config::default().s3.object_config();
+        assert_eq!(
+            (object.read_chunk, object.read_ahead),
+            (defaults.read_chunk, defaults.read_ahead)
+        );
+        let err = Config::load(None, env(&[("SFTPGATE_S3_READ_CHUNK", "0")])).unwrap_err();
+        assert!(format!("{err:#}").contains("read_chunk"), "{err:#}");
     }
 
     #[test]
