@@ -372,6 +372,19 @@ impl Fixture {
 
     /// [`Fixture::sftp`] with another local working directory.
     pub fn sftp_in(&self, cwd: &Path, server: &Server, user: &str, batch: &str) -> Output {
+        self.sftp_within(cwd, server, user, batch, SFTP_TIMEOUT)
+    }
+
+    /// [`Fixture::sftp_in`], killed after `limit` instead of [`SFTP_TIMEOUT`] (a guard
+    /// against a hang, not a measure: for runs that are long by nature).
+    pub fn sftp_within(
+        &self,
+        cwd: &Path,
+        server: &Server,
+        user: &str,
+        batch: &str,
+        limit: Duration,
+    ) -> Output {
         let batch_file = tempfile::NamedTempFile::new().expect("creating a batch file");
         std::fs::write(batch_file.path(), batch).expect("writing a batch file");
         let mut cmd = Command::new("sftp");
@@ -386,7 +399,7 @@ impl Fixture {
             .arg("-b")
             .arg(batch_file.path())
             .arg(format!("{user}@127.0.0.1"));
-        run(&mut cmd, SFTP_TIMEOUT)
+        run(&mut cmd, limit)
     }
 }
 
