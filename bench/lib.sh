@@ -60,6 +60,12 @@ build_release() {
     cp "$REPO/target/release/$b" "$BIN/$b.new" && mv "$BIN/$b.new" "$BIN/$b"
   done
   SFTPGATE_REV="$(cd "$REPO" && git rev-parse --short HEAD)$(cd "$REPO" && git diff --quiet HEAD -- crates || echo '+dirty')"
+  # The sftpgate-ref target: an earlier build, measured in the same run (A/B).
+  if [[ -n "${SFTPGATE_REF:-}" ]]; then
+    [[ -x "$SFTPGATE_REF/sftpgate" ]] || die "SFTPGATE_REF=$SFTPGATE_REF has no sftpgate binary"
+    mkdir -p "$BIN/ref"
+    cp "$SFTPGATE_REF/sftpgate" "$BIN/ref/sftpgate.new" && mv "$BIN/ref/sftpgate.new" "$BIN/ref/sftpgate"
+  fi
 }
 
 # Keys and authorized_keys in $BENCH_STATE (the harness's ensure_state).
@@ -83,8 +89,11 @@ stop_pid() {
 # start_sftpgate NAME PORT [TOML_LIMITS]: `sftpgate serve` with user "bench" (key
 # $BENCH_STATE/client_ed25519.pub, root $BENCH_STATE/data-NAME on tmpfs). Users come from the
 # SQLite store (`sftpgate user add`) when the binary has that command, else from [[users]].
+# The binary is $BIN/sftpgate unless SFTPGATE_BINARY names another.
 start_sftpgate() {
   local name="$1" port="$2" limits="${3:-}"
+  local BIN="$BIN"
+  if [[ -n "${SFTPGATE_BINARY:-}" ]]; then BIN="$(dirname "$SFTPGATE_BINARY")"; fi
   local data="$BENCH_STATE/$name-state" root="$BENCH_STATE/data-$name" conf="$BENCH_STATE/$name.toml"
   local pub; pub="$(cat "$BENCH_STATE/client_ed25519.pub")"
   rm -rf "$data"; mkdir -p "$data" "$root"
@@ -149,11 +158,14 @@ start_testserver() {
 #                       spawn_blocking): an experiment for the I/O-path choice
 #   sftpgate-spawn      as sftpgate-nodelay, one spawn_blocking per file read/write (LocalFs
 #                       before its lanes): the other side of that experiment
+#   sftpgate-ref        sftpgate serve, defaults, built earlier: the binary in $SFTPGATE_REF
+#                       (a directory, e.g. a copy of an older target/release), for A/B runs
 #   openssh-internal, openssh-external, asyncssh, rclone: the harness's reference servers
 start_target() {
   local name="$1" port="$2"
   case "$name" in
     sftpgate) start_sftpgate "$name" "$port" ;;
+    sftpgate-ref) SFTPGATE_BINARY="$BIN/ref/sftpgate" start_sftpgate "$name" "$port" ;;
     sftpgate-nodelay) start_testserver "$name" "$port" --delay-us 0 --nodelay ;;
     sftpgate-inline) start_testserver "$name" "$port" --delay-us 0 --nodelay --io inline ;;
     sftpgate-spawn) start_testserver "$name" "$port" --delay-us 0 --nodelay --io spawn ;;
@@ -194,6 +206,7 @@ client_buflen() {
 describe_target() {
   case "$1" in
     sftpgate) echo "sftpgate serve, default settings (users: ${USER_STORE:-?})" ;;
+    sftpgate-ref) echo "sftpgate serve as above, built earlier: ${SFTPGATE_REF_NAME:-$SFTPGATE_REF/sftpgate}" ;;
     sftpgate-nodelay) echo "sftpgate's Server and LocalFs, default limits, in bench/loadgen's test server (sftpgate-slowfs-server --delay-us 0 --nodelay): as sftpgate serve without the user store" ;;
     sftpgate-inline) echo "as sftpgate-nodelay, and file reads/writes inline on the runtime worker (--io inline; experiment)" ;;
     sftpgate-spawn) echo "as sftpgate-nodelay, and one spawn_blocking per file read/write, as LocalFs before its lanes (--io spawn; experiment)" ;;

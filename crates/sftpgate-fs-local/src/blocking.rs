@@ -10,6 +10,8 @@
 //! runtime (`sftpgate sftp-server`: one process per session, like OpenSSH's sftp-server)
 //! operations run inline: there is nothing else for that thread to do meanwhile, and a pool
 //! hop per request costs two thread wake-ups, which dominated small-file workloads.
+//! Files in memory (tmpfs, ramfs) get an inline [`Lane`] for their small operations:
+//! no device to wait for, so nothing to hand off (see [`in_memory`]).
 
 use sftpgate_vfs::FsError;
 
@@ -36,6 +38,27 @@ where
 /// Most pool threads one [`Lane`] keeps busy at once.
 const LANE_THREADS: usize = 4;
 
+/// Largest operation an inline lane runs on the calling thread. Bigger ones (255 KiB
+/// reads and writes of bulk transfers) still go to the pool even in memory: there the copy
+/// takes long enough that overlapping it with the SSH work on another core wins
+/// (docs/performance.md, "memory-backed files").
+pub(crate) const INLINE_MAX: usize = 64 * 1024;
+
+/// `statfs(2)` magic numbers of filesystems whose files live in memory.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+const RAMFS_MAGIC: u64 = 0x8584_58f6;
+
+/// Whether the file behind `fd` lives in memory (tmpfs, ramfs), so that reading or writing
+/// it never waits for a device. The kernel does not support `RWF_NOWAIT` there (EOPNOTSUPP:
+/// there is nothing to wait for), so without this every cached-by-definition read would
+/// take a pool hop that reads on disk filesystems skip. Swapped-out tmpfs pages can still
+/// take a while to come back, as any memory of the process can.
+pub(crate) fn in_memory(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    rustix::fs::fstatfs(fd).is_ok_and(|fs| {
+        u64::try_from(fs.f_type).is_ok_and(|t| t == TMPFS_MAGIC || t == RAMFS_MAGIC)
+    })
+}
+
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The blocking work of one open file, run on at most [`LANE_THREADS`] pool threads that
@@ -50,6 +73,9 @@ type Job = Box<dyn FnOnce() + Send>;
 #[derive(Default)]
 pub(crate) struct Lane {
     state: std::sync::Mutex<LaneState>,
+    /// Operations of at most [`INLINE_MAX`] bytes run on the calling thread (a file in
+    /// memory, see [`in_memory`]).
+    inline: bool,
 }
 
 #[derive(Default)]
@@ -59,10 +85,57 @@ struct LaneState {
 }
 
 impl Lane {
+    /// A lane whose operations of at most [`INLINE_MAX`] bytes run on the calling thread.
+    pub(crate) fn inline() -> Lane {
+        Lane {
+            inline: true,
+            ..Lane::default()
+        }
+    }
+
+    /// Whether an operation moving `bytes` bytes would run on the calling thread (an inline
+    /// lane, or a current-thread runtime), so that it may borrow the caller's buffers.
+    pub(crate) fn runs_inline(&self, bytes: usize) -> bool {
+        (self.inline && bytes <= INLINE_MAX)
+            || tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+                runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+            })
+    }
+
+    /// Runs an operation that moves at most `bytes` bytes: inline on an inline lane when it
+    /// is small enough, else as [`Lane::run`].
+    pub(crate) async fn run_sized<T, F>(
+        self: &std::sync::Arc<Self>,
+        bytes: usize,
+        op: F,
+    ) -> Result<T, FsError>
+    where
+        F: FnOnce() -> Result<T, FsError> + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.inline && bytes <= INLINE_MAX {
+            return catch_panic(op);
+        }
+        self.pooled(op).await
+    }
+
     /// Runs `op` on the lane's threads and waits for it, or inline on a current-thread
-    /// runtime (see [`blocking`]). Errors as for [`blocking`]; if this future is dropped
-    /// the operation still runs to its end.
+    /// runtime (see [`blocking`]) or on an inline lane (`op` moves no data: a stat, a
+    /// close). Errors as for [`blocking`]; if this future is dropped the operation still
+    /// runs to its end.
     pub(crate) async fn run<T, F>(self: &std::sync::Arc<Self>, op: F) -> Result<T, FsError>
+    where
+        F: FnOnce() -> Result<T, FsError> + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.inline {
+            return catch_panic(op);
+        }
+        self.pooled(op).await
+    }
+
+    /// Runs `op` on the lane's pool threads (inline on a current-thread runtime).
+    async fn pooled<T, F>(self: &std::sync::Arc<Self>, op: F) -> Result<T, FsError>
     where
         F: FnOnce() -> Result<T, FsError> + Send + 'static,
         T: Send + 'static,
@@ -130,6 +203,7 @@ fn catch_panic<T>(op: impl FnOnce() -> Result<T, FsError>) -> Result<T, FsError>
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
@@ -181,6 +255,58 @@ mod tests {
             .expect_err("panic");
         assert!(err.to_string().contains("panicked"), "{err}");
         assert_eq!(lane.run(|| Ok(7)).await.expect("next job"), 7);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_inline_lane_runs_small_operations_here_and_big_ones_on_the_pool() {
+        let lane = Arc::new(Lane::inline());
+        let here = std::thread::current().id();
+        let thread = || Ok(std::thread::current().id());
+        assert_eq!(lane.run(thread).await.expect("stat-like"), here);
+        assert_eq!(
+            lane.run_sized(INLINE_MAX, thread).await.expect("small"),
+            here
+        );
+        assert_ne!(
+            lane.run_sized(INLINE_MAX + 1, thread).await.expect("big"),
+            here,
+            "a big operation goes to the pool"
+        );
+        let err = lane
+            .run_sized(1, || -> Result<(), FsError> { panic!("boom") })
+            .await
+            .expect_err("panic");
+        assert!(err.to_string().contains("panicked"), "{err}");
+
+        let pooled = Arc::new(Lane::default());
+        assert_ne!(pooled.run_sized(1, thread).await.expect("pooled"), here);
+    }
+
+    #[test]
+    fn memory_filesystems_are_told_from_disk_ones() {
+        // /proc/mounts says what each mount point is, independently of statfs.
+        let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+        // A later mount on the same point hides an earlier one: the last entry counts.
+        let mut kinds = std::collections::HashMap::new();
+        for line in mounts.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if let (Some(point), Some(kind)) = (fields.get(1), fields.get(2)) {
+                kinds.insert(*point, *kind);
+            }
+        }
+        let mut checked = 0;
+        for (point, kind) in &kinds {
+            if !matches!(*kind, "tmpfs" | "ramfs" | "proc" | "ext4" | "xfs" | "btrfs") {
+                continue;
+            }
+            let Ok(dir) = std::fs::File::open(point) else {
+                continue;
+            };
+            let expected = matches!(*kind, "tmpfs" | "ramfs");
+            assert_eq!(in_memory(dir.as_fd()), expected, "{point} ({kind})");
+            checked += 1;
+        }
+        assert!(checked > 0, "no mount point to check in /proc/mounts");
     }
 
     #[tokio::test(flavor = "current_thread")]

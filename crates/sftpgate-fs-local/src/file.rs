@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use rustix::buffer::spare_capacity;
 use rustix::io::{Errno, IoSliceMut, ReadWriteFlags};
 use sftpgate_proto::{FileAttributes, StatvfsReply};
 use sftpgate_vfs::{File, FsError};
@@ -33,12 +34,19 @@ pub(crate) struct LocalFile {
 const PROBE_READ: usize = 8 * 1024;
 
 impl LocalFile {
-    /// `size` is the file's size when it was opened.
-    pub(crate) fn new(fd: OwnedFd, size: u64) -> LocalFile {
+    /// `size` is the file's size when it was opened; `in_memory` whether it lives in memory
+    /// (see [`crate::blocking::in_memory`]): then its small operations run inline.
+    pub(crate) fn new(fd: OwnedFd, size: u64, in_memory: bool) -> LocalFile {
         LocalFile {
             fd: Mutex::new(Some(Arc::new(fd))),
-            nowait_reads: AtomicBool::new(true),
-            lane: Arc::default(),
+            // In memory there is nothing RWF_NOWAIT could skip waiting for (and the kernel
+            // refuses it): the inline lane reads.
+            nowait_reads: AtomicBool::new(!in_memory),
+            lane: Arc::new(if in_memory {
+                Lane::inline()
+            } else {
+                Lane::default()
+            }),
             known_size: AtomicU64::new(size),
         }
     }
@@ -90,6 +98,9 @@ impl File for LocalFile {
     async fn read(&self, offset: u64, len: u32, buf: &mut BytesMut) -> Result<usize, FsError> {
         let fd = self.fd()?;
         let len = self.read_len(&fd, offset, len as usize).await;
+        if self.lane.runs_inline(len) {
+            return read_in_place(&fd, offset, len, buf);
+        }
         if self.nowait_reads.load(Ordering::Relaxed) {
             match read_cached(&fd, offset, len, buf) {
                 Ok(Some(0)) => return Err(FsError::Eof),
@@ -113,7 +124,7 @@ impl File for LocalFile {
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         let fd = self.fd()?;
         self.lane
-            .run(move || {
+            .run_sized(data.len(), move || {
                 let mut written = 0;
                 while written < data.len() {
                     let at = offset
@@ -219,6 +230,35 @@ fn read_cached(
     }
 }
 
+/// One `pread(2)` on this thread straight into `buf`'s spare capacity, without zero-filling
+/// it first: for a read that runs inline anyway (a file in memory, a current-thread
+/// runtime). rustix fills a `Vec`'s spare capacity safely, a `BytesMut`'s it cannot, so
+/// `buf` becomes the `Vec` it wraps and back, which moves no bytes (it is unique: the
+/// server's reply buffer).
+fn read_in_place(
+    fd: &OwnedFd,
+    offset: u64,
+    len: usize,
+    buf: &mut BytesMut,
+) -> Result<usize, FsError> {
+    if len == 0 {
+        // As a zero-length pread: nothing there to send.
+        return Err(FsError::Eof);
+    }
+    let mut vec: Vec<u8> = std::mem::take(buf).into();
+    let start = vec.len();
+    vec.reserve(len);
+    let read = retry_eintr(|| rustix::io::pread(fd, spare_capacity(&mut vec), offset));
+    // The spare capacity may be more than was asked for: keep `len` at most.
+    vec.truncate(start + len);
+    // Both conversions take the allocation over (the buffer is unique), no copy.
+    *buf = BytesMut::from(Bytes::from(vec));
+    match read.map_err(from_errno)? {
+        0 => Err(FsError::Eof),
+        _ => Ok(buf.len() - start),
+    }
+}
+
 /// One `pread(2)` (retried on EINTR) on the file's lane into `buf`'s spare capacity:
 /// reserve `len` bytes in `buf` beforehand and no byte is copied.
 async fn read_pooled(
@@ -232,7 +272,7 @@ async fn read_pooled(
     // copying when it did not have to grow.
     let mut chunk = buf.split_off(buf.len());
     let chunk = lane
-        .run(move || {
+        .run_sized(len, move || {
             // Zero-filled first: filling uninitialised memory would need `unsafe`.
             chunk.resize(len, 0);
             let n = retry_eintr(|| rustix::io::pread(&*fd, &mut chunk[..], offset))

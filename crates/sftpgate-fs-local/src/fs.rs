@@ -42,6 +42,24 @@ impl LocalFs {
         })
     }
 
+    /// STAT (`flags` = `O_PATH`) or LSTAT (`O_PATH | O_NOFOLLOW`: the descriptor of a
+    /// final symlink itself) on this thread, when the root is in memory and the path stays
+    /// on its filesystem; `None` when it cannot be done here (then the pool does it).
+    fn stat_on_root_fs(
+        &self,
+        path: &VPath,
+        flags: OFlags,
+    ) -> Result<Option<FileAttributes>, FsError> {
+        if !self.jail.root_in_memory() {
+            return Ok(None);
+        }
+        match self.jail.open_on_root_fs(path, flags, Mode::empty()) {
+            Ok(fd) => fstat(fd.as_fd()).map(Some),
+            Err(Errno::XDEV) => Ok(None),
+            Err(e) => Err(from_errno(e)),
+        }
+    }
+
     /// Runs `op` with the jail on the blocking pool.
     async fn run<T, F>(&self, op: F) -> Result<T, FsError>
     where
@@ -66,11 +84,17 @@ impl Filesystem for LocalFs {
         flags: OpenFlags,
         attrs: &FileAttributes,
     ) -> Result<Box<dyn File>, FsError> {
-        let path = path.clone();
         let permissions = attrs.permissions;
+        if self.jail.root_in_memory() {
+            if let Some(file) = open(&self.jail, path, flags, permissions, Resolve::OnRootFs)? {
+                return Ok(Box::new(file));
+            }
+        }
+        let path = path.clone();
         let file = self
-            .run(move |jail| open(jail, &path, flags, permissions))
-            .await?;
+            .run(move |jail| open(jail, &path, flags, permissions, Resolve::Anywhere))
+            .await?
+            .ok_or_else(|| FsError::Other("open left the root's filesystem".into()))?;
         Ok(Box::new(file))
     }
 
@@ -93,6 +117,9 @@ impl Filesystem for LocalFs {
     }
 
     async fn stat(&self, path: &VPath) -> Result<FileAttributes, FsError> {
+        if let Some(attrs) = self.stat_on_root_fs(path, OFlags::PATH)? {
+            return Ok(attrs);
+        }
         let path = path.clone();
         self.run(move |jail| {
             let fd = jail.open_path(&path)?;
@@ -101,8 +128,12 @@ impl Filesystem for LocalFs {
         .await
     }
 
-    /// `fstatat(parent, name, AT_SYMLINK_NOFOLLOW)`.
+    /// `fstatat(parent, name, AT_SYMLINK_NOFOLLOW)` (with a root in memory, inline: the
+    /// fstat of an `O_PATH | O_NOFOLLOW` descriptor, see `stat_on_root_fs`).
     async fn lstat(&self, path: &VPath) -> Result<FileAttributes, FsError> {
+        if let Some(attrs) = self.stat_on_root_fs(path, OFlags::PATH | OFlags::NOFOLLOW)? {
+            return Ok(attrs);
+        }
         let path = path.clone();
         self.run(move |jail| match jail.parent(&path)? {
             None => fstat(jail.root()),
@@ -269,12 +300,25 @@ impl Filesystem for LocalFs {
     }
 }
 
+/// Where a path may lead while it is resolved.
+#[derive(Clone, Copy, PartialEq)]
+enum Resolve {
+    /// Anywhere inside the root (the pool's way).
+    Anywhere,
+    /// Only on the root's own filesystem (in memory: inline), see
+    /// [`Jail::open_on_root_fs`].
+    OnRootFs,
+}
+
+/// `Ok(None)`: with [`Resolve::OnRootFs`], the path leaves the root's filesystem (nothing
+/// was opened or created); open it with [`Resolve::Anywhere`] on the pool instead.
 fn open(
     jail: &Jail,
     path: &VPath,
     flags: OpenFlags,
     permissions: Option<u32>,
-) -> Result<LocalFile, FsError> {
+    resolve: Resolve,
+) -> Result<Option<LocalFile>, FsError> {
     let mut os = match (
         flags.contains(OpenFlags::READ),
         flags.contains(OpenFlags::WRITE),
@@ -299,13 +343,18 @@ fn open(
     } else {
         Mode::empty()
     };
-    let fd = jail
-        .open(path, os | OFlags::NONBLOCK | OFlags::NOCTTY, mode)
-        .map_err(|e| match e {
-            // A FIFO without a reader (opened write-only) or a socket.
-            Errno::NXIO => not_regular(),
-            e => from_errno(e),
-        })?;
+    let os = os | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let opened = match resolve {
+        Resolve::Anywhere => jail.open(path, os, mode),
+        Resolve::OnRootFs => jail.open_on_root_fs(path, os, mode),
+    };
+    let fd = match opened {
+        Ok(fd) => fd,
+        Err(Errno::XDEV) if resolve == Resolve::OnRootFs => return Ok(None),
+        // A FIFO without a reader (opened write-only) or a socket.
+        Err(Errno::NXIO) => return Err(not_regular()),
+        Err(e) => return Err(from_errno(e)),
+    };
     let st = rustix::fs::fstat(&fd).map_err(from_errno)?;
     match OsFileType::from_raw_mode(st.st_mode) {
         OsFileType::RegularFile => {}
@@ -315,7 +364,12 @@ fn open(
     // Harmless on regular files for most filesystems, but some (FUSE, network) honour it.
     let status = rustix::fs::fcntl_getfl(&fd).map_err(from_errno)?;
     rustix::fs::fcntl_setfl(&fd, status - OFlags::NONBLOCK).map_err(from_errno)?;
-    Ok(LocalFile::new(fd, u64::try_from(st.st_size).unwrap_or(0)))
+    let in_memory = jail.in_memory(&fd, st.st_dev);
+    Ok(Some(LocalFile::new(
+        fd,
+        u64::try_from(st.st_size).unwrap_or(0),
+        in_memory,
+    )))
 }
 
 fn setstat(jail: &Jail, path: &VPath, attrs: &FileAttributes) -> Result<(), FsError> {

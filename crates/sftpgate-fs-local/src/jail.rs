@@ -30,6 +30,10 @@ const EAGAIN_RETRIES: usize = 64;
 #[derive(Debug)]
 pub(crate) struct Jail {
     root: OwnedFd,
+    /// The root's device, and whether its filesystem lives in memory: most files are on
+    /// it, and then [`Jail::in_memory`] needs no `statfs`.
+    root_dev: u64,
+    root_in_memory: bool,
 }
 
 /// A directory descriptor for `*at` calls: the root's, or one opened below it.
@@ -63,7 +67,14 @@ impl Jail {
             )
         })?;
         match openat2(root.as_fd(), b".", flags, Mode::empty()) {
-            Ok(_) => Ok(Jail { root }),
+            Ok(_) => {
+                let root_dev = rustix::fs::fstat(&root).map_err(io::Error::from)?.st_dev;
+                Ok(Jail {
+                    root_in_memory: crate::blocking::in_memory(root.as_fd()),
+                    root_dev,
+                    root,
+                })
+            }
             Err(e @ (Errno::NOSYS | Errno::PERM)) => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!(
@@ -81,6 +92,39 @@ impl Jail {
                 ),
             )),
         }
+    }
+
+    /// Whether the open file `fd` on device `dev` lives in memory (see
+    /// [`crate::blocking::in_memory`]).
+    pub(crate) fn in_memory(&self, fd: &OwnedFd, dev: u64) -> bool {
+        if dev == self.root_dev {
+            self.root_in_memory
+        } else {
+            crate::blocking::in_memory(fd.as_fd())
+        }
+    }
+
+    /// Whether the root's filesystem lives in memory (see [`crate::blocking::in_memory`]).
+    pub(crate) fn root_in_memory(&self) -> bool {
+        self.root_in_memory
+    }
+
+    /// [`Jail::open`] that never leaves the root's filesystem (`RESOLVE_NO_XDEV`): `EXDEV`
+    /// when the path crosses a mount point, symlinks included. With a root in memory, a
+    /// resolution that stays on it never waits for a device, so it may run inline.
+    pub(crate) fn open_on_root_fs(
+        &self,
+        path: &VPath,
+        flags: OFlags,
+        mode: Mode,
+    ) -> Result<OwnedFd, Errno> {
+        openat2_resolving(
+            self.root.as_fd(),
+            relative(path),
+            flags | OFlags::CLOEXEC,
+            mode,
+            JAIL | ResolveFlags::NO_XDEV,
+        )
     }
 
     /// The root directory's own descriptor.
@@ -144,9 +188,19 @@ pub(crate) fn relative(path: &VPath) -> &[u8] {
 
 /// openat2 in the jail, retried on EAGAIN (see [`EAGAIN_RETRIES`]) and EINTR.
 fn openat2(dir: BorrowedFd<'_>, path: &[u8], flags: OFlags, mode: Mode) -> Result<OwnedFd, Errno> {
+    openat2_resolving(dir, path, flags, mode, JAIL)
+}
+
+fn openat2_resolving(
+    dir: BorrowedFd<'_>,
+    path: &[u8],
+    flags: OFlags,
+    mode: Mode,
+    resolve: ResolveFlags,
+) -> Result<OwnedFd, Errno> {
     let mut tries = 0;
     loop {
-        match rustix::fs::openat2(dir, path, flags, mode, JAIL) {
+        match rustix::fs::openat2(dir, path, flags, mode, resolve) {
             Err(Errno::AGAIN) if tries < EAGAIN_RETRIES => tries += 1,
             Err(Errno::INTR) => {}
             other => return other,

@@ -63,3 +63,19 @@ async fn core_profile() {
     let (_dir, fs) = fresh();
     conformance::run_profile(&fs, &Profile::core()).await;
 }
+
+/// The whole suite again with the root in memory (`/dev/shm`, tmpfs), where files take the
+/// inline path of their small reads and writes instead of the pool: same behaviour either
+/// way. Skipped (and says so) on a machine without a tmpfs at `/dev/shm`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_all_in_memory() {
+    let shm = std::path::Path::new("/dev/shm");
+    let is_tmpfs = rustix::fs::statfs(shm).is_ok_and(|fs| fs.f_type as u64 == 0x0102_1994);
+    if !is_tmpfs {
+        eprintln!("skipping: /dev/shm is not a tmpfs here");
+        return;
+    }
+    let dir = tempfile::tempdir_in(shm).expect("tempdir in /dev/shm");
+    let fs = LocalFs::new(dir.path()).expect("LocalFs on tmpfs");
+    conformance::run_all(&fs).await;
+}

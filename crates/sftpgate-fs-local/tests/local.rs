@@ -19,6 +19,20 @@ fn fresh() -> (tempfile::TempDir, LocalFs) {
     (dir, fs)
 }
 
+/// A root in memory (`/dev/shm`), where small reads and writes run inline and reads skip
+/// zero-filling; `None` (the test says it skips) where `/dev/shm` is not a tmpfs.
+fn fresh_in_memory() -> Option<(tempfile::TempDir, LocalFs)> {
+    let shm = Path::new("/dev/shm");
+    let tmpfs = rustix::fs::statfs(shm).is_ok_and(|fs| fs.f_type as u64 == 0x0102_1994);
+    if !tmpfs {
+        eprintln!("skipping: /dev/shm is not a tmpfs here");
+        return None;
+    }
+    let dir = tempfile::tempdir_in(shm).expect("tempdir in /dev/shm");
+    let fs = LocalFs::new(dir.path()).expect("LocalFs::new on tmpfs");
+    Some((dir, fs))
+}
+
 fn p(path: &str) -> VPath {
     VPath::parse(path.as_bytes()).expect("test path")
 }
@@ -374,7 +388,22 @@ async fn handle_attributes_and_modes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_fills_reserved_capacity_in_place() {
-    let (dir, fs) = fresh();
+    reads_in_place(fresh()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_fills_reserved_capacity_in_place_in_memory() {
+    if let Some(root) = fresh_in_memory() {
+        reads_in_place(root).await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn read_fills_reserved_capacity_in_place_inline() {
+    reads_in_place(fresh()).await;
+}
+
+async fn reads_in_place((dir, fs): (tempfile::TempDir, LocalFs)) {
     std::fs::write(dir.path().join("f"), vec![b'a'; 4096]).expect("file");
     let file = fs
         .open(&p("/f"), OpenFlags::READ, &FileAttributes::new())
@@ -392,6 +421,19 @@ async fn read_fills_reserved_capacity_in_place() {
     let err = file.read(4096, 10, &mut buf).await.expect_err("eof");
     assert!(matches!(err, FsError::Eof));
     assert_eq!(buf.len(), 6 + 4096);
+    assert_eq!(&buf[..6], b"header");
+    // More room than asked for: only what was asked for is read.
+    std::fs::write(dir.path().join("g"), vec![b'b'; 64 * 1024]).expect("file");
+    let g = fs
+        .open(&p("/g"), OpenFlags::READ, &FileAttributes::new())
+        .await
+        .expect("open");
+    let mut buf = BytesMut::with_capacity(60 * 1024);
+    buf.extend_from_slice(b"h");
+    assert_eq!(g.read(100, 1000, &mut buf).await.expect("read"), 1000);
+    assert_eq!(buf.len(), 1001);
+    assert!(buf[1..].iter().all(|b| *b == b'b'));
+    g.close().await.expect("close");
     file.close().await.expect("close");
 }
 
@@ -651,16 +693,22 @@ async fn read_to_end(file: &dyn sftpgate_vfs::File, mut offset: u64, len: u32) -
 /// still be read whole, on both runtimes (inline and on the pool).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_see_a_file_that_grew_after_open() {
-    grows_after_open().await;
+    grows_after_open(fresh()).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn reads_see_a_file_that_grew_after_open_inline() {
-    grows_after_open().await;
+    grows_after_open(fresh()).await;
 }
 
-async fn grows_after_open() {
-    let (dir, fs) = fresh();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_a_file_that_grew_after_open_in_memory() {
+    if let Some(root) = fresh_in_memory() {
+        grows_after_open(root).await;
+    }
+}
+
+async fn grows_after_open((dir, fs): (tempfile::TempDir, LocalFs)) {
     let host = dir.path().join("log");
     std::fs::write(&host, b"0123456789").expect("write");
     let file = fs
@@ -707,4 +755,78 @@ async fn reads_a_file_whose_size_says_nothing() {
     let data = read_to_end(&*file, 0, 261_120).await;
     let text = String::from_utf8(data).expect("text");
     assert!(text.contains("Name:") && text.contains("VmRSS:"), "{text}");
+}
+
+/// With the root in memory, OPEN, STAT and LSTAT resolve on the calling thread as long as
+/// the path stays on the root's filesystem, and fall back to the pool when it crosses a
+/// mount point: both ways must give the same answers. `/dev` (devtmpfs, a memory
+/// filesystem) is the root, with `/dev/shm` (a tmpfs of its own) mounted inside it. Skipped
+/// (and says so) where the machine's `/dev` is not laid out like that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_across_a_mount_inside_a_memory_root() {
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    let memory =
+        |path: &str| rustix::fs::statfs(path).is_ok_and(|fs| fs.f_type as u64 == TMPFS_MAGIC);
+    let dev = |path: &str| std::fs::metadata(path).map(|m| m.dev()).ok();
+    if !(memory("/dev") && memory("/dev/shm") && dev("/dev") != dev("/dev/shm")) {
+        eprintln!("skipping: needs /dev and /dev/shm as two memory filesystems");
+        return;
+    }
+    let host = tempfile::tempdir_in("/dev/shm").expect("tempdir in /dev/shm");
+    std::fs::write(host.path().join("f"), b"across").expect("file");
+    let name = host
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name");
+    let inside = |rest: &str| p(&format!("/shm/{name}/{rest}"));
+    let fs = LocalFs::new("/dev").expect("LocalFs on /dev");
+
+    // Across the mount: the pool's way.
+    assert_eq!(fs.stat(&inside("f")).await.expect("stat").size, Some(6));
+    assert_eq!(fs.lstat(&inside("f")).await.expect("lstat").size, Some(6));
+    let shm = fs.stat(&p("/shm")).await.expect("stat of the mount point");
+    assert_eq!(shm.file_type(), Some(FileType::Directory));
+    let file = fs
+        .open(&inside("f"), OpenFlags::READ, &FileAttributes::new())
+        .await
+        .expect("open across the mount");
+    let mut buf = BytesMut::with_capacity(64);
+    assert_eq!(file.read(0, 64, &mut buf).await.expect("read"), 6);
+    assert_eq!(&buf[..], b"across");
+    file.close().await.expect("close");
+    let created = fs
+        .open(
+            &inside("new"),
+            OpenFlags::WRITE | OpenFlags::CREAT | OpenFlags::EXCL,
+            &FileAttributes::new(),
+        )
+        .await
+        .expect("create across the mount");
+    created
+        .write(0, Bytes::from_static(b"x"))
+        .await
+        .expect("write");
+    created.close().await.expect("close");
+    assert_eq!(std::fs::read(host.path().join("new")).expect("host"), b"x");
+    let err = fs
+        .stat(&inside("missing"))
+        .await
+        .expect_err("missing across the mount");
+    assert!(matches!(err, FsError::NotFound), "{err:?}");
+
+    // On the root's own filesystem: inline, same rules.
+    let null = fs.stat(&p("/null")).await.expect("stat /null");
+    assert_eq!(null.file_type(), Some(FileType::CharDevice));
+    let err = fs
+        .open(&p("/null"), OpenFlags::READ, &FileAttributes::new())
+        .await
+        .err()
+        .expect("a device is refused");
+    assert_eq!(status(&err), StatusCode::Failure, "{err:?}");
+    let err = fs
+        .lstat(&p("/no-such-entry"))
+        .await
+        .expect_err("missing on the root's filesystem");
+    assert!(matches!(err, FsError::NotFound), "{err:?}");
 }

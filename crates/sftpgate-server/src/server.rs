@@ -304,6 +304,9 @@ impl russh::server::Handler for Refuse {
     }
 }
 
+/// Read buffer under each connection's SSH transport (see `connection_task`).
+const SOCKET_READ_BUFFER: usize = 8 * 1024;
+
 struct ConnectionTask<A, H, F> {
     shared: Arc<Shared<A, H, F>>,
     russh: Arc<russh::server::Config>,
@@ -347,6 +350,13 @@ where
         end_rx,
         span,
     );
+    // russh reads every SSH packet with two `read_exact` calls (its length, then the rest)
+    // on the stream as given: two `recvfrom` per packet, most of them for a few dozen bytes
+    // when a client pipelines small requests (64 READs in flight: one syscall per 40 bytes).
+    // A small buffer takes whatever has arrived in one call; reads of a big packet's body
+    // bypass it once it is empty (tokio's BufReader), so bulk data is copied at most
+    // `SOCKET_READ_BUFFER` bytes per packet more than before.
+    let stream = tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, stream);
     // The version exchange happens here, under the login grace time too.
     let running = tokio::select! {
         r = tokio::time::timeout(grace, russh::server::run_stream(russh, stream, handler)) => r,
