@@ -38,11 +38,17 @@ where
 /// Most pool threads one [`Lane`] keeps busy at once.
 const LANE_THREADS: usize = 4;
 
-/// Largest operation an inline lane runs on the calling thread. Bigger ones (255 KiB
-/// reads and writes of bulk transfers) still go to the pool even in memory: there the copy
-/// takes long enough that overlapping it with the SSH work on another core wins
-/// (docs/performance.md, "memory-backed files").
-pub(crate) const INLINE_MAX: usize = 64 * 1024;
+/// Largest read an inline lane makes on the calling thread: all of them at the default
+/// `max_read` (255 KiB). A read from memory is a copy, and inline it also skips the
+/// zero-filling that a read on the pool needs (file.rs): deep-pipelined downloads took
+/// 7-14 % less server CPU per GiB than with reads above 64 KiB on the pool (two A/B runs,
+/// docs/performance.md, "Fourth run").
+pub(crate) const INLINE_READ_MAX: usize = 256 * 1024;
+/// Largest write an inline lane makes on the calling thread. Bigger ones (the 255 KiB
+/// writes of bulk uploads) still go to the pool even in memory: the page allocation and
+/// copy take long enough to overlap with the SSH work on the other core (inline, deep
+/// uploads were no cheaper and in one A/B run 12 % slower).
+pub(crate) const INLINE_WRITE_MAX: usize = 64 * 1024;
 
 /// `statfs(2)` magic numbers of filesystems whose files live in memory.
 const TMPFS_MAGIC: u64 = 0x0102_1994;
@@ -73,8 +79,8 @@ type Job = Box<dyn FnOnce() + Send>;
 #[derive(Default)]
 pub(crate) struct Lane {
     state: std::sync::Mutex<LaneState>,
-    /// Operations of at most [`INLINE_MAX`] bytes run on the calling thread (a file in
-    /// memory, see [`in_memory`]).
+    /// Reads and writes up to [`INLINE_READ_MAX`] and [`INLINE_WRITE_MAX`] bytes, and
+    /// everything else, run on the calling thread (a file in memory, see [`in_memory`]).
     inline: bool,
 }
 
@@ -85,7 +91,7 @@ struct LaneState {
 }
 
 impl Lane {
-    /// A lane whose operations of at most [`INLINE_MAX`] bytes run on the calling thread.
+    /// A lane whose operations run on the calling thread, reads and writes up to a size.
     pub(crate) fn inline() -> Lane {
         Lane {
             inline: true,
@@ -93,27 +99,29 @@ impl Lane {
         }
     }
 
-    /// Whether an operation moving `bytes` bytes would run on the calling thread (an inline
-    /// lane, or a current-thread runtime), so that it may borrow the caller's buffers.
-    pub(crate) fn runs_inline(&self, bytes: usize) -> bool {
-        (self.inline && bytes <= INLINE_MAX)
+    /// Whether an operation moving `bytes` bytes, inline up to `limit`, would run on the
+    /// calling thread (an inline lane, or a current-thread runtime), so that it may borrow
+    /// the caller's buffers.
+    pub(crate) fn runs_inline(&self, bytes: usize, limit: usize) -> bool {
+        (self.inline && bytes <= limit)
             || tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
                 runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
             })
     }
 
-    /// Runs an operation that moves at most `bytes` bytes: inline on an inline lane when it
-    /// is small enough, else as [`Lane::run`].
+    /// Runs an operation that moves at most `bytes` bytes: inline on an inline lane when
+    /// that is at most `limit`, else on the lane's pool threads.
     pub(crate) async fn run_sized<T, F>(
         self: &std::sync::Arc<Self>,
         bytes: usize,
+        limit: usize,
         op: F,
     ) -> Result<T, FsError>
     where
         F: FnOnce() -> Result<T, FsError> + Send + 'static,
         T: Send + 'static,
     {
-        if self.inline && bytes <= INLINE_MAX {
+        if self.inline && bytes <= limit {
             return catch_panic(op);
         }
         self.pooled(op).await
@@ -263,23 +271,36 @@ mod tests {
         let here = std::thread::current().id();
         let thread = || Ok(std::thread::current().id());
         assert_eq!(lane.run(thread).await.expect("stat-like"), here);
-        assert_eq!(
-            lane.run_sized(INLINE_MAX, thread).await.expect("small"),
-            here
-        );
-        assert_ne!(
-            lane.run_sized(INLINE_MAX + 1, thread).await.expect("big"),
-            here,
-            "a big operation goes to the pool"
-        );
+        for limit in [INLINE_READ_MAX, INLINE_WRITE_MAX] {
+            assert!(lane.runs_inline(limit, limit));
+            assert!(!lane.runs_inline(limit + 1, limit));
+            assert_eq!(
+                lane.run_sized(limit, limit, thread).await.expect("small"),
+                here
+            );
+            assert_ne!(
+                lane.run_sized(limit + 1, limit, thread).await.expect("big"),
+                here,
+                "a big operation goes to the pool"
+            );
+        }
         let err = lane
-            .run_sized(1, || -> Result<(), FsError> { panic!("boom") })
+            .run_sized(1, INLINE_WRITE_MAX, || -> Result<(), FsError> {
+                panic!("boom")
+            })
             .await
             .expect_err("panic");
         assert!(err.to_string().contains("panicked"), "{err}");
 
         let pooled = Arc::new(Lane::default());
-        assert_ne!(pooled.run_sized(1, thread).await.expect("pooled"), here);
+        assert!(!pooled.runs_inline(1, INLINE_READ_MAX));
+        assert_ne!(
+            pooled
+                .run_sized(1, INLINE_READ_MAX, thread)
+                .await
+                .expect("pooled"),
+            here
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use sftpgate_proto::{FileAttributes, StatvfsReply};
 use sftpgate_vfs::{File, FsError};
 
 use crate::attrs::{self, Target};
-use crate::blocking::Lane;
+use crate::blocking::{Lane, INLINE_READ_MAX, INLINE_WRITE_MAX};
 use crate::error::{from_errno, retry_eintr};
 
 /// A file opened by [`crate::LocalFs`]. Every call clones the descriptor's `Arc` for its
@@ -98,7 +98,7 @@ impl File for LocalFile {
     async fn read(&self, offset: u64, len: u32, buf: &mut BytesMut) -> Result<usize, FsError> {
         let fd = self.fd()?;
         let len = self.read_len(&fd, offset, len as usize).await;
-        if self.lane.runs_inline(len) {
+        if self.lane.runs_inline(len, INLINE_READ_MAX) {
             return read_in_place(&fd, offset, len, buf);
         }
         if self.nowait_reads.load(Ordering::Relaxed) {
@@ -124,7 +124,7 @@ impl File for LocalFile {
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         let fd = self.fd()?;
         self.lane
-            .run_sized(data.len(), move || {
+            .run_sized(data.len(), INLINE_WRITE_MAX, move || {
                 let mut written = 0;
                 while written < data.len() {
                     let at = offset
@@ -272,7 +272,7 @@ async fn read_pooled(
     // copying when it did not have to grow.
     let mut chunk = buf.split_off(buf.len());
     let chunk = lane
-        .run_sized(len, move || {
+        .run_sized(len, INLINE_READ_MAX, move || {
             // Zero-filled first: filling uninitialised memory would need `unsafe`.
             chunk.resize(len, 0);
             let n = retry_eintr(|| rustix::io::pread(&*fd, &mut chunk[..], offset))
