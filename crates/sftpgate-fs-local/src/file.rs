@@ -97,10 +97,10 @@ impl File for LocalFile {
     /// dropped midway.
     async fn read(&self, offset: u64, len: u32, buf: &mut BytesMut) -> Result<usize, FsError> {
         let fd = self.fd()?;
-        let len = self.read_len(&fd, offset, len as usize).await;
-        if self.lane.runs_inline(len, INLINE_READ_MAX) {
-            return read_in_place(&fd, offset, len, buf);
+        if self.lane.runs_inline(len as usize, INLINE_READ_MAX) {
+            return read_in_place(&fd, offset, len as usize, buf);
         }
+        let len = self.read_len(&fd, offset, len as usize).await;
         if self.nowait_reads.load(Ordering::Relaxed) {
             match read_cached(&fd, offset, len, buf) {
                 Ok(Some(0)) => return Err(FsError::Eof),
@@ -232,9 +232,11 @@ fn read_cached(
 
 /// One `pread(2)` on this thread straight into `buf`'s spare capacity, without zero-filling
 /// it first: for a read that runs inline anyway (a file in memory, a current-thread
-/// runtime). rustix fills a `Vec`'s spare capacity safely, a `BytesMut`'s it cannot, so
-/// `buf` becomes the `Vec` it wraps and back, which moves no bytes (it is unique: the
-/// server's reply buffer).
+/// runtime). Nothing is zero-filled, so the read need not be sized by the file
+/// ([`LocalFile::read_len`]): the kernel stops at the end of the file, and the fstat at the
+/// end of every file is saved. rustix fills a `Vec`'s spare capacity safely, a `BytesMut`'s
+/// it cannot, so `buf` becomes the `Vec` it wraps and back, which moves no bytes (it is
+/// unique: the server's reply buffer).
 fn read_in_place(
     fd: &OwnedFd,
     offset: u64,
