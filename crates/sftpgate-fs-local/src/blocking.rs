@@ -67,8 +67,9 @@ pub(crate) fn in_memory(fd: std::os::fd::BorrowedFd<'_>) -> bool {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The blocking work of one open file, run on at most [`LANE_THREADS`] pool threads that
-/// each take queued operations one after the other.
+/// The blocking work of one open file, run on at most [`LANE_THREADS`] pool threads (one
+/// for its writes, see [`Lane::one_at_a_time`]) that each take queued operations one after
+/// the other.
 ///
 /// Why not one `spawn_blocking` per operation: a client pipelining 64 reads or writes puts
 /// 64 operations in flight, and the pool would wake (or start) a thread for each, then
@@ -76,12 +77,23 @@ type Job = Box<dyn FnOnce() + Send>;
 /// the copies. A lane wakes a thread only when it has none yet or falls behind, and a
 /// thread that finishes an operation takes the next one without sleeping. Several threads
 /// remain, so a slow device still overlaps a few operations.
-#[derive(Default)]
 pub(crate) struct Lane {
     state: std::sync::Mutex<LaneState>,
     /// Reads and writes up to [`INLINE_READ_MAX`] and [`INLINE_WRITE_MAX`] bytes, and
     /// everything else, run on the calling thread (a file in memory, see [`in_memory`]).
     inline: bool,
+    /// Most pool threads at once: [`LANE_THREADS`], or 1 ([`Lane::one_at_a_time`]).
+    max_threads: usize,
+}
+
+impl Default for Lane {
+    fn default() -> Lane {
+        Lane {
+            state: std::sync::Mutex::default(),
+            inline: false,
+            max_threads: LANE_THREADS,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -96,6 +108,18 @@ impl Lane {
         Lane {
             inline: true,
             ..Lane::default()
+        }
+    }
+
+    /// This lane, running one operation at a time on the pool. For a file's writes: Linux
+    /// takes the inode's lock for every buffered write (ext4, XFS, tmpfs, NFS alike), so a
+    /// second thread writing the same file only waits, and its first moments of waiting
+    /// are spinning on the lock (`rwsem_spin_on_owner`: 3-4 % of the server's CPU in a
+    /// deep-pipelined upload of one file, docs/performance.md, "Fifth run").
+    pub(crate) fn one_at_a_time(self) -> Lane {
+        Lane {
+            max_threads: 1,
+            ..self
         }
     }
 
@@ -163,7 +187,7 @@ impl Lane {
             // A new thread when there is none, or when the queue grows past what the busy
             // ones will take next.
             let wanted = state.threads == 0 || state.queue.len() > state.threads;
-            if wanted && state.threads < LANE_THREADS {
+            if wanted && state.threads < self.max_threads {
                 state.threads += 1;
                 true
             } else {
@@ -252,6 +276,38 @@ mod tests {
             "threads leave when the queue is empty"
         );
         assert!(lane.lock().queue.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_one_at_a_time_lane_never_overlaps_its_jobs() {
+        let lane = Arc::new(Lane::default().one_at_a_time());
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let started = std::time::Instant::now();
+        let tasks: Vec<_> = (0..40usize)
+            .map(|i| {
+                let (lane, running, most) = (lane.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    lane.run_sized(1 << 20, INLINE_WRITE_MAX, move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_micros(500));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok(i)
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for (i, task) in tasks.into_iter().enumerate() {
+            assert_eq!(task.await.expect("task").expect("job"), i);
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1, "jobs overlapped");
+        assert!(
+            started.elapsed() >= Duration::from_millis(20),
+            "40 x 0.5 ms, one after the other"
+        );
+        assert_eq!(lane.lock().threads, 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

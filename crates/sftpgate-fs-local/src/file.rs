@@ -22,8 +22,12 @@ pub(crate) struct LocalFile {
     /// Whether `preadv2(RWF_NOWAIT)` may work here; cleared when the filesystem says it
     /// does not support it (tmpfs, for one).
     nowait_reads: AtomicBool,
-    /// Where this file's blocking operations run.
+    /// Where this file's blocking operations run, but its writes.
     lane: Arc<Lane>,
+    /// Where its writes run: one at a time (see [`Lane::one_at_a_time`]). Apart from the
+    /// other operations, which the server orders against writes where that matters (the
+    /// sequencer: a stat, fsync or close waits for the writes before it).
+    write_lane: Arc<Lane>,
     /// The file's size as this handle last saw it (at open, after its writes, from fstat):
     /// what a read sizes its buffer by (see [`LocalFile::read_len`]).
     known_size: AtomicU64,
@@ -46,6 +50,11 @@ impl LocalFile {
                 Lane::inline()
             } else {
                 Lane::default()
+            }),
+            write_lane: Arc::new(if in_memory {
+                Lane::inline().one_at_a_time()
+            } else {
+                Lane::default().one_at_a_time()
             }),
             known_size: AtomicU64::new(size),
         }
@@ -123,7 +132,7 @@ impl File for LocalFile {
     /// pwrite appends whatever the offset, as the trait asks.
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         let fd = self.fd()?;
-        self.lane
+        self.write_lane
             .run_sized(data.len(), INLINE_WRITE_MAX, move || {
                 let mut written = 0;
                 while written < data.len() {

@@ -20,6 +20,8 @@ pub const DEFAULT_MAX_PACKET: u32 = 256 * 1024 + 1024;
 #[derive(Debug, Clone)]
 pub struct Decoder {
     max_packet: u32,
+    /// Reserved past an incomplete frame, see [`Decoder::reserving_ahead`].
+    ahead: usize,
 }
 
 impl Default for Decoder {
@@ -36,7 +38,20 @@ impl Decoder {
 
     /// A decoder that refuses packets whose length field exceeds `max_packet`.
     pub fn with_max_packet(max_packet: u32) -> Self {
-        Decoder { max_packet }
+        Decoder {
+            max_packet,
+            ahead: 0,
+        }
+    }
+
+    /// Also reserves `ahead` bytes past an incomplete frame. For input that arrives in
+    /// chunks of up to `ahead` bytes (SSH channel data: the channel's maximum packet size),
+    /// the chunk that completes a frame usually carries the start of the next one too;
+    /// with no room for it, appending that chunk would grow the frame's buffer to twice
+    /// its size, copying the whole frame (a 255 KiB WRITE reallocated to 510 KiB).
+    pub fn reserving_ahead(mut self, ahead: usize) -> Self {
+        self.ahead = ahead;
+        self
     }
 
     /// The configured limit on the length field.
@@ -46,7 +61,8 @@ impl Decoder {
 
     /// Takes one whole frame (type byte onwards) off the front of `buf`.
     ///
-    /// `Ok(None)`: more bytes are needed; room for the rest of the frame has been reserved.
+    /// `Ok(None)`: more bytes are needed; room for the rest of the frame (and what
+    /// [`Decoder::reserving_ahead`] asks for) has been reserved.
     /// A frame longer than the limit is [`DecodeError::TooLarge`], which is fatal for the
     /// stream; `buf` is left as it was.
     pub fn next_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
@@ -62,7 +78,7 @@ impl Decoder {
         }
         let total = FRAME_HEADER_LEN + len as usize;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            buf.reserve(total - buf.len() + self.ahead);
             return Ok(None);
         }
         buf.advance(FRAME_HEADER_LEN);

@@ -863,3 +863,45 @@ fn request_names_list_every_known_request() {
     listed.sort_unstable();
     assert_eq!(named, listed);
 }
+
+/// A WRITE arriving in 32 KiB chunks whose last chunk also starts the next packet (how SSH
+/// channel data splits a pipelined stream) is assembled in the buffer reserved for it: no
+/// reallocation (which would copy the whole frame) once its length is known.
+#[test]
+fn reserving_ahead_keeps_a_chunked_frame_in_one_allocation() {
+    const CHUNK: usize = 32 * 1024;
+    let mut stream = BytesMut::new();
+    for id in 0..2 {
+        Request::Write {
+            id,
+            handle: Bytes::from_static(b"h"),
+            offset: 0,
+            data: Bytes::from(vec![id as u8; 255 * 1024]),
+        }
+        .encode(&mut stream);
+    }
+    let stream = stream.freeze();
+    for (ahead, moves) in [(CHUNK, false), (0, true)] {
+        let mut decoder = Decoder::new().reserving_ahead(ahead);
+        let mut buf = BytesMut::new();
+        let mut at = None;
+        let mut moved = false;
+        let mut frames = 0;
+        for chunk in stream.chunks(CHUNK) {
+            buf.extend_from_slice(chunk);
+            if at.is_some_and(|at| at != buf.as_ptr()) {
+                moved = true;
+            }
+            while let Some(request) = decoder.decode_request(&mut buf).expect("decodes") {
+                assert!(matches!(request, Request::Write { id, .. } if id == frames));
+                frames += 1;
+                at = None;
+            }
+            if frames == 0 && at.is_none() && buf.capacity() > CHUNK {
+                at = Some(buf.as_ptr());
+            }
+        }
+        assert_eq!(frames, 2);
+        assert_eq!(moved, moves, "reserving {ahead} ahead");
+    }
+}

@@ -5,6 +5,10 @@ use std::time::Duration;
 use russh::keys::PrivateKey;
 use sftpgate_proto::DEFAULT_MAX_PACKET;
 
+/// Largest SSH channel data packet the server accepts (russh's `maximum_packet_size`): the
+/// most one channel data message brings of a session's input.
+pub(crate) const CHANNEL_MAX_PACKET: u32 = 32768;
+
 /// Everything the server needs besides its hooks. `Default` gives production-safe values;
 /// only `host_keys` must be filled in.
 #[derive(Debug, Clone)]
@@ -221,7 +225,7 @@ impl ServerConfig {
             auth_rejection_time_initial: Some(Duration::ZERO),
             keys: self.host_keys.clone(),
             window_size: 2 * 1024 * 1024,
-            maximum_packet_size: 32768,
+            maximum_packet_size: CHANNEL_MAX_PACKET,
             inactivity_timeout: self.timeouts.idle,
             keepalive_interval: self.timeouts.keepalive_interval,
             keepalive_max: self.timeouts.keepalive_max,

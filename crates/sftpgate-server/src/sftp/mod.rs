@@ -41,7 +41,7 @@ use tracing::Instrument as _;
 
 pub(crate) use handles::HandleTable;
 
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, CHANNEL_MAX_PACKET};
 use crate::events::{Event, EventSink};
 use crate::hooks::{Cleanup, SftpContext, SftpFactory};
 use crate::lifecycle::{panic_message, Exit, ExitGuard};
@@ -366,7 +366,10 @@ impl Serving {
         let mut writer_task = tokio_util::task::AbortOnDropHandle::new(writer_task);
         let mut tasks = JoinSet::new();
         let mut sequencer = Sequencer::default();
-        let mut decoder = Decoder::with_max_packet(limits.max_packet);
+        // Input comes in channel messages of at most CHANNEL_MAX_PACKET bytes (the SSH
+        // server's; a stream's reads are no bigger than the room reserved).
+        let mut decoder = Decoder::with_max_packet(limits.max_packet)
+            .reserving_ahead(CHANNEL_MAX_PACKET as usize);
 
         let reason = 'session: loop {
             // Serve everything already buffered.
