@@ -114,8 +114,9 @@ impl Lane {
     /// This lane, running one operation at a time on the pool. For a file's writes: Linux
     /// takes the inode's lock for every buffered write (ext4, XFS, tmpfs, NFS alike), so a
     /// second thread writing the same file only waits, and its first moments of waiting
-    /// are spinning on the lock (`rwsem_spin_on_owner`: 3-4 % of the server's CPU in a
-    /// deep-pipelined upload of one file, docs/performance.md, "Fifth run").
+    /// are spinning on the lock (`rwsem_spin_on_owner`: 3 % of the machine's CPU samples,
+    /// both cores, in a deep-pipelined upload of one file; docs/performance.md, "Fifth
+    /// run"). Inline writes (small ones, files in memory) run on the caller's thread.
     pub(crate) fn one_at_a_time(self) -> Lane {
         Lane {
             max_threads: 1,
