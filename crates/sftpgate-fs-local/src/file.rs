@@ -41,21 +41,20 @@ impl LocalFile {
     /// `size` is the file's size when it was opened; `in_memory` whether it lives in memory
     /// (see [`crate::blocking::in_memory`]): then its small operations run inline.
     pub(crate) fn new(fd: OwnedFd, size: u64, in_memory: bool) -> LocalFile {
+        let lane = || {
+            if in_memory {
+                Lane::inline()
+            } else {
+                Lane::default()
+            }
+        };
         LocalFile {
             fd: Mutex::new(Some(Arc::new(fd))),
             // In memory there is nothing RWF_NOWAIT could skip waiting for (and the kernel
             // refuses it): the inline lane reads.
             nowait_reads: AtomicBool::new(!in_memory),
-            lane: Arc::new(if in_memory {
-                Lane::inline()
-            } else {
-                Lane::default()
-            }),
-            write_lane: Arc::new(if in_memory {
-                Lane::inline().one_at_a_time()
-            } else {
-                Lane::default().one_at_a_time()
-            }),
+            lane: Arc::new(lane()),
+            write_lane: Arc::new(lane().one_at_a_time()),
             known_size: AtomicU64::new(size),
         }
     }
