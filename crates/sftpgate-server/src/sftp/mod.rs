@@ -47,7 +47,7 @@ use crate::hooks::{Cleanup, SftpContext, SftpFactory};
 use crate::lifecycle::{panic_message, Exit, ExitGuard};
 use dispatch::Dispatcher;
 use request_metrics::{RequestOp, SessionMetrics};
-use sequencer::{Access, Sequencer};
+use sequencer::{Access, Done, Sequencer};
 use transport::{ChannelInlet, ChannelOutlet, Inlet, Outlet};
 use writer::Outgoing;
 
@@ -565,10 +565,10 @@ type QueuedPermit = std::pin::Pin<
 
 struct RequestTask {
     request: Request,
-    deps: Vec<CancellationToken>,
+    deps: Vec<Done>,
     /// The previous request on the same handle: this one replies after it.
-    after: Option<CancellationToken>,
-    done: CancellationToken,
+    after: Option<Done>,
+    done: Done,
     held: Held,
     dispatcher: Arc<Dispatcher>,
     executing: Arc<Semaphore>,
@@ -589,12 +589,12 @@ async fn request_task(task: RequestTask) {
         replies,
     } = task;
     // Completion is signalled however this task ends, aborted included.
-    let done = done.drop_guard();
+    let done = done.set_on_drop();
     // Counted from here (the task's first poll, just after admission) until the reply is
     // handed to the writer; a guard, so that an aborted task stops counting too.
     let in_flight = dispatcher.metrics.in_flight();
     for dep in &deps {
-        dep.cancelled().await;
+        dep.wait().await;
     }
     let read_permit = match held.read {
         Some(ReadBudget::Held(permit)) => Some(permit),
@@ -632,7 +632,7 @@ async fn request_task(task: RequestTask) {
     };
     dispatcher.metrics.count_request(op, status);
     if let Some(after) = after {
-        after.cancelled().await;
+        after.wait().await;
     }
     let mut hold = vec![held.outstanding];
     hold.extend(read_permit);
