@@ -25,6 +25,11 @@ use sftpgate_server::{
 };
 use sftpgate_vfs::{Dir, EndReason, File, Filesystem, FsError, RenameMode, VPath};
 
+/// The allocator `sftpgate serve` runs with (crates/sftpgate/src/main.rs), so that this
+/// stand-in for it allocates as it does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// sftpgate on a local directory with a fixed latency added to every file read and write.
 #[derive(Debug, Parser)]
 #[command(name = "sftpgate-slowfs-server", version)]
