@@ -43,7 +43,7 @@ pub use error::{DecodeError, Malformed};
 pub use extensions::{ExtendedRequest, LimitsReply, StatvfsReply, UsersGroupsReply};
 pub use longname::{longname, LongnameInfo};
 pub use packet::{
-    encode_data_header, encode_status, NameEntry, OpenFlags, PacketType, Request, Response,
-    REQUEST_NAMES, SFTP_VERSION,
+    data_header, encode_data_header, encode_status, NameEntry, OpenFlags, PacketType, Request,
+    Response, DATA_HEADER_LEN, REQUEST_NAMES, SFTP_VERSION,
 };
 pub use status::StatusCode;

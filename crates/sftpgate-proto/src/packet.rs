@@ -694,11 +694,23 @@ pub fn encode_status(out: &mut BytesMut, id: u32, code: StatusCode, message: &st
 /// appends exactly `len` bytes after it. Lets a server read file data straight into its
 /// output buffer behind the header instead of copying it there.
 pub fn encode_data_header(out: &mut BytesMut, id: u32, len: usize) {
+    out.put_slice(&data_header(id, len));
+}
+
+/// Bytes of an SSH_FXP_DATA header: length (4), type (1), id (4), data length (4).
+pub const DATA_HEADER_LEN: usize = 13;
+
+/// The header of an SSH_FXP_DATA reply carrying `len` bytes of data, as
+/// [`encode_data_header`] appends it: for patching a header written before the data's
+/// length was known.
+pub fn data_header(id: u32, len: usize) -> [u8; DATA_HEADER_LEN] {
+    let mut header = [0; DATA_HEADER_LEN];
     // length field covers: type (1) + id (4) + data length (4) + data
-    out.put_u32(wire_len(9 + len));
-    out.put_u8(PacketType::Data as u8);
-    out.put_u32(id);
-    out.put_u32(wire_len(len));
+    header[..4].copy_from_slice(&wire_len(9 + len).to_be_bytes());
+    header[4] = PacketType::Data as u8;
+    header[5..9].copy_from_slice(&id.to_be_bytes());
+    header[9..].copy_from_slice(&wire_len(len).to_be_bytes());
+    header
 }
 
 enum BodyError {
