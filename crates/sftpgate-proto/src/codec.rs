@@ -22,6 +22,8 @@ pub struct Decoder {
     max_packet: u32,
     /// Reserved past an incomplete frame, see [`Decoder::reserving_ahead`].
     ahead: usize,
+    /// Least room a growing buffer gets, see [`Decoder::growing_by`].
+    grow: usize,
 }
 
 impl Default for Decoder {
@@ -41,6 +43,7 @@ impl Decoder {
         Decoder {
             max_packet,
             ahead: 0,
+            grow: 0,
         }
     }
 
@@ -51,6 +54,18 @@ impl Decoder {
     /// its size, copying the whole frame (a 255 KiB WRITE reallocated to 510 KiB).
     pub fn reserving_ahead(mut self, ahead: usize) -> Self {
         self.ahead = ahead;
+        self
+    }
+
+    /// When the buffer must grow for an incomplete frame, makes room for at least `grow`
+    /// more bytes. The frames split off the buffer share its allocation, so growing it
+    /// means a new allocation and a copy of the incomplete frame; with room for several
+    /// chunks that happens once per `grow` bytes of input instead of once per frame (for
+    /// 32 KiB WRITEs in 32 KiB SSH messages: every frame straddles two messages, and every
+    /// one was copied twice, once here and once when the next message was appended). The
+    /// cost: frames still in use keep the allocation alive, up to `grow` bytes per frame.
+    pub fn growing_by(mut self, grow: usize) -> Self {
+        self.grow = grow;
         self
     }
 
@@ -78,7 +93,10 @@ impl Decoder {
         }
         let total = FRAME_HEADER_LEN + len as usize;
         if buf.len() < total {
-            buf.reserve(total - buf.len() + self.ahead);
+            let need = total - buf.len() + self.ahead;
+            if buf.capacity() - buf.len() < need {
+                buf.reserve(need.max(self.grow));
+            }
             return Ok(None);
         }
         buf.advance(FRAME_HEADER_LEN);

@@ -905,3 +905,54 @@ fn reserving_ahead_keeps_a_chunked_frame_in_one_allocation() {
         assert_eq!(moved, moves, "reserving {ahead} ahead");
     }
 }
+
+/// 32 KiB WRITEs arriving in 32 KiB chunks: every frame straddles two chunks, and once a
+/// frame has been split off the buffer, growing it means a new allocation (and a copy of
+/// the incomplete frame). `growing_by` makes that happen once per that many bytes instead
+/// of once per frame.
+#[test]
+fn growing_by_reallocates_once_per_that_many_bytes_not_per_frame() {
+    const CHUNK: usize = 32 * 1024;
+    const FRAMES: u32 = 64;
+    let mut stream = BytesMut::new();
+    for id in 0..FRAMES {
+        Request::Write {
+            id,
+            handle: Bytes::from_static(b"h"),
+            offset: 0,
+            data: Bytes::from(vec![id as u8; CHUNK]),
+        }
+        .encode(&mut stream);
+    }
+    let stream = stream.freeze();
+    for (grow, at_most) in [(0, None), (256 * 1024, Some(12))] {
+        let mut decoder = Decoder::new().reserving_ahead(CHUNK).growing_by(grow);
+        let mut buf = BytesMut::new();
+        let mut kept: Vec<Bytes> = Vec::new(); // in use, as WRITEs waiting to be stored
+        let mut frames = 0;
+        for chunk in stream.chunks(CHUNK) {
+            buf.extend_from_slice(chunk);
+            while let Some(request) = decoder.decode_request(&mut buf).expect("decodes") {
+                let Request::Write { id, data, .. } = request else {
+                    panic!("not a WRITE")
+                };
+                assert_eq!(id, frames);
+                assert!(data.iter().all(|b| *b == id as u8));
+                kept.push(data);
+                frames += 1;
+            }
+        }
+        // A frame whose data does not follow the previous one in memory (its header, 26
+        // bytes, between them) was moved to a new allocation.
+        let reallocations = kept
+            .windows(2)
+            .filter(|w| w[0].as_ptr_range().end.wrapping_add(26) != w[1].as_ptr())
+            .count();
+        assert_eq!(frames, FRAMES);
+        match at_most {
+            // Without it: a new allocation for nearly every frame.
+            None => assert!(reallocations >= FRAMES as usize / 2, "{reallocations}"),
+            Some(limit) => assert!(reallocations <= limit, "growing by {grow}: {reallocations}"),
+        }
+    }
+}

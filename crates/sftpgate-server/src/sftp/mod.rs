@@ -54,6 +54,9 @@ use writer::Outgoing;
 /// Bytes a client may send before its session has started (the factory is still running).
 /// A real client sends one INIT packet and waits.
 const MAX_EARLY_BYTES: usize = 1 << 20;
+/// Least room the input buffer grows by for an incomplete frame (see
+/// `Decoder::growing_by`): eight SSH messages of 32 KiB.
+const INPUT_GROWTH: usize = 256 * 1024;
 /// How long a session whose channel vanished waits for the connection to say why.
 pub(crate) const END_REASON_WAIT: Duration = Duration::from_secs(5);
 /// How long in-flight requests get to finish once the session ends.
@@ -369,7 +372,8 @@ impl Serving {
         // Input comes in channel messages of at most CHANNEL_MAX_PACKET bytes (the SSH
         // server's; a stream's reads are no bigger than the room reserved).
         let mut decoder = Decoder::with_max_packet(limits.max_packet)
-            .reserving_ahead(CHANNEL_MAX_PACKET as usize);
+            .reserving_ahead(CHANNEL_MAX_PACKET as usize)
+            .growing_by(INPUT_GROWTH);
 
         let reason = 'session: loop {
             // Serve everything already buffered.
