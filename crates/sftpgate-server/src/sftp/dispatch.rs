@@ -45,11 +45,11 @@ pub(crate) const EXTENSIONS: &[(&str, &str)] = &[
 ///
 /// Why: the kernel copies file data into the buffer with `rep movsb`, which is three times
 /// slower when the destination sits 1 to 31 bytes past the source within a 4 KiB page (the
-/// stores alias the loads ahead of them). A fresh 32 KiB buffer is page-aligned, so data
-/// behind a 13-byte header read from a page-aligned offset hit exactly that: 0.39-0.45 s of
-/// `pread` per GiB from tmpfs against 0.12-0.16 s with the offsets congruent (the same
-/// machine, 2 vCPU AMD EPYC; see docs/performance.md, "Seventh run"). glibc's `memcpy`
-/// avoids the case by itself; the kernel does not.
+/// stores alias the loads ahead of them). mimalloc hands out 32 KiB blocks page-aligned, so
+/// data behind a 13-byte header read from a page-aligned offset hit exactly that: 0.39-0.45 s
+/// of `pread` per GiB from tmpfs against 0.12-0.16 s with the offsets congruent (2 vCPU AMD
+/// EPYC; see docs/performance.md, "Seventh run"). russh's copy of the reply into its packet
+/// buffer (14 bytes into a packet) got faster with it.
 fn data_reply_buffer(offset: u64, len: usize) -> (BytesMut, usize) {
     const ALIGN: usize = 64;
     let mut out = BytesMut::with_capacity(ALIGN - 1 + DATA_HEADER_LEN + len);

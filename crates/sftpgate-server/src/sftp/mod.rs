@@ -55,8 +55,11 @@ use writer::Outgoing;
 /// A real client sends one INIT packet and waits.
 const MAX_EARLY_BYTES: usize = 1 << 20;
 /// Least room the input buffer grows by for an incomplete frame (see
-/// `Decoder::growing_by`): eight SSH messages of 32 KiB.
-const INPUT_GROWTH: usize = 256 * 1024;
+/// `Decoder::growing_by`): four SSH messages of 32 KiB. A WRITE waiting to be stored keeps
+/// its buffer alive, so this bounds what a session's pending WRITEs can pin: at most
+/// `max_outstanding` buffers of (frame + this) bytes, as the frame-sized buffers before did
+/// with (frame + one message).
+const INPUT_GROWTH: usize = 128 * 1024;
 /// How long a session whose channel vanished waits for the connection to say why.
 pub(crate) const END_REASON_WAIT: Duration = Duration::from_secs(5);
 /// How long in-flight requests get to finish once the session ends.
