@@ -126,7 +126,8 @@ pub trait File: Send + Sync + 'static {
     /// appended. Fewer than `len` is fine (a short read); `Err(FsError::Eof)` at or past the
     /// end of the file. The server reserves `len` bytes in `buf` first, so a backend can read
     /// straight into its spare capacity; on error or cancellation the bytes already in `buf`
-    /// must stay as they were.
+    /// must stay as they were. Append in place, without moving what is in `buf`: the server
+    /// places the buffer so that the copy of file data into it is fast.
     async fn read(&self, offset: u64, len: u32, buf: &mut BytesMut) -> Result<usize, FsError>;
 
     /// Writes all of `data` at `offset` (ignored for files opened with `APPEND`).
