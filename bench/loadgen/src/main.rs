@@ -75,6 +75,10 @@ struct Args {
     /// for OpenSSH and sftpgate), so that the request stream fills whole SSH packets.
     #[arg(long, default_value = "32K", value_parser = parse_size)]
     chunk: u64,
+    /// Largest SSH channel packet the load generator accepts (CHANNEL_OPEN's maximum packet
+    /// size): 32768 is what OpenSSH's `ssh` announces; at most 65535 (russh's limit).
+    #[arg(long, default_value = "32K", value_parser = parse_size)]
+    max_packet: u64,
     /// Remote directory the files go to (must exist).
     #[arg(long, default_value = ".")]
     dir: String,
@@ -181,6 +185,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.size == 0 || args.sessions == 0 || args.in_flight == 0 {
         bail!("--size, --sessions and --in-flight must be positive");
     }
+    if !(512..=65535).contains(&args.max_packet) {
+        bail!("--max-packet must be between 512 and 65535");
+    }
     if args.size.div_ceil(args.request_size) > u64::from(u32::MAX / 4) {
         bail!("too many requests per session: raise --request-size");
     }
@@ -200,6 +207,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         nodelay: true,
         inactivity_timeout: None,
+        maximum_packet_size: args.max_packet as u32,
         ..client::Config::default()
     });
     let ctx = Arc::new(Ctx {
@@ -505,7 +513,9 @@ impl Sftp {
             reader,
             writer,
             input: BytesMut::with_capacity(max_packet as usize * 2),
-            decoder: Decoder::with_max_packet(max_packet.max(64 * 1024)),
+            // Frames straddle channel messages (the server fills whole SSH packets), so the
+            // buffer grows by several messages at a time rather than once per frame.
+            decoder: Decoder::with_max_packet(max_packet.max(64 * 1024)).growing_by(128 * 1024),
             next_id: 1,
         };
         s.send(&Request::Init {
@@ -740,7 +750,17 @@ async fn recv(
             return Ok(response);
         }
         match reader.wait().await {
-            Some(ChannelMsg::Data { data }) => input.extend_from_slice(&data),
+            Some(ChannelMsg::Data { data }) => {
+                // Take a new message's buffer over when nothing is pending (no copy).
+                if input.is_empty() {
+                    match data.try_into_mut() {
+                        Ok(data) => *input = data,
+                        Err(data) => input.extend_from_slice(&data),
+                    }
+                } else {
+                    input.extend_from_slice(&data);
+                }
+            }
             Some(ChannelMsg::ExtendedData { data, .. }) => {
                 eprintln!(
                     "server stderr: {}",

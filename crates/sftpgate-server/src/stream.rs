@@ -208,4 +208,9 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Outlet for SharedOutlet<W> {
         let _ = writer.flush().await;
         let _ = writer.shutdown().await;
     }
+
+    /// A byte stream: the SSH server on the other end (OpenSSH's sshd) packs it.
+    fn packet_size(&self) -> Option<usize> {
+        None
+    }
 }

@@ -17,6 +17,7 @@ use sftpgate_vfs::{Filesystem, FsError, RenameMode, VPath};
 
 use super::handles::{DirHandle, FileHandle, Handle, HandleTable};
 use super::request_metrics::SessionMetrics;
+use super::writer::REPLY_HEADROOM;
 use crate::config::{Limits, RequestPolicy};
 use crate::events::{Event, EventSink, FileOp};
 use crate::hooks::{ConnectionInfo, SessionId};
@@ -37,28 +38,30 @@ pub(crate) const EXTENSIONS: &[(&str, &str)] = &[
 ];
 
 /// A buffer for a DATA reply of up to `len` bytes read at file offset `offset`, holding
-/// `pad` filler bytes (returned with it) after which the reply's 13-byte header puts the
-/// data at an address congruent to `offset` modulo 64. The caller drops the filler from the
-/// front once the reply is complete; until then the buffer starts at its allocation, so a
-/// backend that turns it into a `Vec` to read into its spare capacity (fs-local, which has
-/// no `unsafe`) moves no bytes and keeps the placement.
+/// `start` filler bytes (returned with it): [`REPLY_HEADROOM`] of room for the reply writer,
+/// then what the reply's 13-byte header needs to put the data at an address congruent to
+/// `offset` modulo 64. The reply starts at `start`; the filler stays in the buffer (the
+/// writer may fill the room with the bytes that precede the reply, see `writer`), so a
+/// backend that turns the buffer into a `Vec` to read into its spare capacity (fs-local,
+/// which has no `unsafe`) moves no bytes and keeps the placement.
 ///
-/// Why: the kernel copies file data into the buffer with `rep movsb`, which is three times
-/// slower when the destination sits 1 to 31 bytes past the source within a 4 KiB page (the
-/// stores alias the loads ahead of them). mimalloc hands out 32 KiB blocks page-aligned, so
-/// data behind a 13-byte header read from a page-aligned offset hit exactly that: 0.39-0.45 s
-/// of `pread` per GiB from tmpfs against 0.12-0.16 s with the offsets congruent (2 vCPU AMD
-/// EPYC; see docs/performance.md, "Seventh run"). russh's copy of the reply into its packet
-/// buffer (14 bytes into a packet) got faster with it.
+/// Why the placement: the kernel copies file data into the buffer with `rep movsb`, which is
+/// three times slower when the destination sits 1 to 31 bytes past the source within a 4 KiB
+/// page (the stores alias the loads ahead of them). mimalloc hands out 32 KiB blocks
+/// page-aligned, so data behind a 13-byte header read from a page-aligned offset hit exactly
+/// that: 0.39-0.45 s of `pread` per GiB from tmpfs against 0.12-0.16 s with the offsets
+/// congruent (2 vCPU AMD EPYC; see docs/performance.md, "Seventh run"). russh's copy of the
+/// reply into its packet buffer (14 bytes into a packet) got faster with it.
 fn data_reply_buffer(offset: u64, len: usize) -> (BytesMut, usize) {
     const ALIGN: usize = 64;
-    let mut out = BytesMut::with_capacity(ALIGN - 1 + DATA_HEADER_LEN + len);
-    let data_at = out.as_ptr() as usize + DATA_HEADER_LEN;
+    let mut out = BytesMut::with_capacity(REPLY_HEADROOM + ALIGN - 1 + DATA_HEADER_LEN + len);
+    let data_at = out.as_ptr() as usize + REPLY_HEADROOM + DATA_HEADER_LEN;
     // Both below ALIGN, so the cast and the sum cannot overflow.
     let want = (offset % ALIGN as u64) as usize;
     let pad = (want + ALIGN - data_at % ALIGN) % ALIGN;
-    out.resize(pad, 0);
-    (out, pad)
+    out.resize(REPLY_HEADROOM + pad, 0);
+    let start = out.len();
+    (out, start)
 }
 
 /// Chunk size of server-side copies (`copy-data`).
@@ -98,15 +101,31 @@ impl Stats {
     }
 }
 
+/// What [`Dispatcher::dispatch`] left in its buffer.
+pub(crate) struct Dispatched {
+    /// The reply's status (`Ok` for data replies).
+    pub(crate) status: StatusCode,
+    /// Where the reply starts; the bytes before it are room the writer may overwrite.
+    pub(crate) start: usize,
+}
+
+impl Dispatched {
+    fn whole(status: StatusCode) -> Self {
+        Dispatched { status, start: 0 }
+    }
+}
+
 impl Dispatcher {
-    /// Runs `request` and appends its reply to `out`. Never fails: every error becomes a
-    /// STATUS reply. Returns the reply's status (`Ok` for data replies).
-    pub(crate) async fn dispatch(&self, request: Request, out: &mut BytesMut) -> StatusCode {
+    /// Runs `request` and puts its reply into `out` (empty on entry). Never fails: every
+    /// error becomes a STATUS reply.
+    pub(crate) async fn dispatch(&self, request: Request, out: &mut BytesMut) -> Dispatched {
         let Some(id) = request.id() else {
-            return StatusCode::Ok; // INIT is the session's business, not a request
+            // INIT is the session's business, not a request.
+            return Dispatched::whole(StatusCode::Ok);
         };
         if let Some(refusal) = self.policy.refusal(&request) {
-            return status_error(out, id, &FsError::Forbidden(refusal.into()));
+            let status = status_error(out, id, &FsError::Forbidden(refusal.into()));
+            return Dispatched::whole(status);
         }
         let result = match self.request_timeout {
             None => self.run(id, request, out).await,
@@ -122,16 +141,20 @@ impl Dispatcher {
             },
         };
         match result {
-            Ok(()) => StatusCode::Ok,
+            Ok(start) => Dispatched {
+                status: StatusCode::Ok,
+                start,
+            },
             Err(e) => {
                 out.clear();
-                status_error(out, id, &e)
+                Dispatched::whole(status_error(out, id, &e))
             }
         }
     }
 
-    async fn run(&self, id: u32, request: Request, out: &mut BytesMut) -> Result<(), FsError> {
-        match request {
+    /// Runs one request; returns where in `out` its reply starts.
+    async fn run(&self, id: u32, request: Request, out: &mut BytesMut) -> Result<usize, FsError> {
+        let served = match request {
             Request::Init { .. } => Ok(()),
             Request::Open {
                 filename,
@@ -174,16 +197,10 @@ impl Dispatcher {
             } => {
                 let file = self.handles.file(&handle)?;
                 let len = len.min(self.limits.max_read);
-                // Bytes before the reply that place its data (see `data_reply_buffer`); they
-                // are dropped from the front of `out` once the reply is complete.
-                let pad = if out.is_empty() {
-                    let (buffer, pad) = data_reply_buffer(offset, len as usize);
-                    *out = buffer;
-                    pad
-                } else {
-                    0
-                };
-                let header_at = out.len();
+                // Room, and bytes that place the data (see `data_reply_buffer`).
+                let (buffer, start) = data_reply_buffer(offset, len as usize);
+                *out = buffer;
+                let header_at = start;
                 encode_data_header(out, id, 0);
                 let data_at = out.len();
                 out.reserve(len as usize);
@@ -197,8 +214,7 @@ impl Dispatcher {
                 self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                 self.metrics.bytes_out.increment(n as u64);
                 out[header_at..data_at].copy_from_slice(&data_header(id, n));
-                bytes::Buf::advance(out, pad);
-                Ok(())
+                return Ok(start);
             }
             Request::Write {
                 handle,
@@ -357,7 +373,8 @@ impl Dispatcher {
                 Ok(())
             }
             Request::Extended { request, .. } => self.extended(id, request, out).await,
-        }
+        };
+        served.map(|()| 0)
     }
 
     async fn extended(
@@ -654,6 +671,7 @@ mod tests {
             for len in [0usize, 1, 32_768, 261_120] {
                 let (mut out, pad) = data_reply_buffer(offset, len);
                 assert_eq!(out.len(), pad);
+                assert!((REPLY_HEADROOM..REPLY_HEADROOM + 64).contains(&pad));
                 let start = out.as_ptr();
                 encode_data_header(&mut out, 1, len);
                 out.extend_from_slice(&vec![7; len]);

@@ -93,11 +93,20 @@ where
     F: SftpFactory<S>,
 {
     let (reader, writer) = params.channel.split();
+    // The client's maximum packet size: russh has no getter for it, but nothing has been
+    // sent on the channel yet, so the window is whole and does not limit this.
+    let packet = Some(writer.writable_packet_size().await).filter(|&m| m > 0);
     let inlet = ChannelInlet {
         reader,
         connection_end: params.connection_end,
     };
-    run_session(factory, params.core, inlet, ChannelOutlet(writer)).await;
+    run_session(
+        factory,
+        params.core,
+        inlet,
+        ChannelOutlet { writer, packet },
+    )
+    .await;
 }
 
 /// Runs one session from the factory to the exit, over any transport. Panics are caught and
@@ -368,7 +377,12 @@ impl Serving {
             max_read: limits.max_read,
         };
         let (replies, reply_queue) = mpsc::unbounded_channel::<Outgoing>();
-        let writer_task = tokio::spawn(writer::run(outlet.clone(), reply_queue).in_current_span());
+        let unanswered = writer::Unanswered {
+            outstanding: budgets.outstanding.clone(),
+            total: limits.max_outstanding.max(1),
+        };
+        let writer_task =
+            tokio::spawn(writer::run(outlet.clone(), reply_queue, unanswered).in_current_span());
         let mut writer_task = tokio_util::task::AbortOnDropHandle::new(writer_task);
         let mut tasks = JoinSet::new();
         let mut sequencer = Sequencer::default();
@@ -401,10 +415,7 @@ impl Serving {
                 };
                 if let Request::Init { version, .. } = request {
                     tracing::debug!(client_version = version, "INIT");
-                    let _ = replies.send(Outgoing {
-                        bytes: version_packet(),
-                        hold: Vec::new(),
-                    });
+                    let _ = replies.send(Outgoing::new(version_packet(), Vec::new()));
                     continue;
                 }
                 let admitted = tokio::select! {
@@ -540,10 +551,7 @@ impl Serving {
         };
         let mut out = BytesMut::new();
         encode_status(&mut out, id, code, &error.to_string());
-        let _ = replies.send(Outgoing {
-            bytes: out.freeze(),
-            hold: Vec::new(),
-        });
+        let _ = replies.send(Outgoing::new(out, Vec::new()));
     }
 }
 
@@ -613,6 +621,7 @@ async fn request_task(task: RequestTask) {
     let name = request.packet_type();
     let op = RequestOp::of(&request);
     let mut out = BytesMut::new();
+    // The reply is out[start..] (a READ's buffer has room in front, see `writer`).
     let result = AssertUnwindSafe(dispatcher.dispatch(request, &mut out))
         .catch_unwind()
         .await;
@@ -621,8 +630,8 @@ async fn request_task(task: RequestTask) {
     // The WRITE data is stored (or refused): its budget frees up now, not when the reply
     // has been sent, so that the reader never waits on the client's window.
     drop(held.write);
-    let status = match &result {
-        Ok(status) => *status,
+    let (status, start) = match &result {
+        Ok(dispatched) => (dispatched.status, dispatched.start),
         Err(panic) => {
             metrics::counter!("sftpgate_request_panics_total").increment(1);
             tracing::error!(
@@ -634,7 +643,7 @@ async fn request_task(task: RequestTask) {
             );
             out.clear();
             encode_status(&mut out, id, StatusCode::Failure, "Internal server error");
-            StatusCode::Failure
+            (StatusCode::Failure, 0)
         }
     };
     dispatcher.metrics.count_request(op, status);
@@ -644,7 +653,8 @@ async fn request_task(task: RequestTask) {
     let mut hold = vec![held.outstanding];
     hold.extend(read_permit);
     let _ = replies.send(Outgoing {
-        bytes: out.freeze(),
+        buf: out,
+        start,
         hold,
     });
     // Only now, once the reply is queued: the requests ordered after this one reply after
@@ -654,7 +664,7 @@ async fn request_task(task: RequestTask) {
 }
 
 /// The VERSION reply: version 3 and the extensions served.
-fn version_packet() -> Bytes {
+fn version_packet() -> BytesMut {
     let mut out = BytesMut::new();
     Response::Version {
         version: SFTP_VERSION,
@@ -664,5 +674,5 @@ fn version_packet() -> Bytes {
             .collect(),
     }
     .encode(&mut out);
-    out.freeze()
+    out
 }

@@ -43,6 +43,9 @@ pub(crate) trait Outlet: Send + Sync + 'static {
     fn refuse(&self, message: &str) -> impl Future<Output = ()> + Send;
     /// Ends the stream after the last reply.
     fn finish(&self) -> impl Future<Output = ()> + Send;
+    /// The most bytes the client takes in one packet, if the stream is cut into packets
+    /// (the writer then sends replies in whole packets, see `writer`).
+    fn packet_size(&self) -> Option<usize>;
 }
 
 /// An SSH channel's incoming side.
@@ -82,22 +85,33 @@ async fn why_gone(connection_end: &mut watch::Receiver<Option<EndReason>>) -> En
 }
 
 /// An SSH channel's outgoing side.
-pub(crate) struct ChannelOutlet(pub(crate) ChannelWriteHalf<Msg>);
+pub(crate) struct ChannelOutlet {
+    pub(crate) writer: ChannelWriteHalf<Msg>,
+    /// The client's maximum channel packet size.
+    pub(crate) packet: Option<usize>,
+}
 
 impl Outlet for ChannelOutlet {
     async fn send(&self, bytes: Bytes) -> Result<(), String> {
-        self.0.data_bytes(bytes).await.map_err(|e| e.to_string())
+        self.writer
+            .data_bytes(bytes)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// On the client's stderr, which OpenSSH's `sftp` prints.
     async fn refuse(&self, message: &str) {
         let line = format!("sftpgate: {message}\r\n");
-        let _ = self.0.extended_data_bytes(1, Bytes::from(line)).await;
+        let _ = self.writer.extended_data_bytes(1, Bytes::from(line)).await;
         self.end(1).await;
     }
 
     async fn finish(&self) {
         self.end(0).await;
+    }
+
+    fn packet_size(&self) -> Option<usize> {
+        self.packet
     }
 }
 
@@ -106,9 +120,9 @@ impl ChannelOutlet {
     /// Without the exit-status, `ssh` exits 255 and OpenSSH 9.2's `scp` (SFTP mode) reports
     /// a transfer that worked as failed (tests/interop.rs, `openssh_scp`).
     async fn end(&self, status: u32) {
-        let _ = self.0.exit_status(status).await;
-        let _ = self.0.eof().await;
-        let _ = self.0.close().await;
+        let _ = self.writer.exit_status(status).await;
+        let _ = self.writer.eof().await;
+        let _ = self.writer.close().await;
     }
 }
 

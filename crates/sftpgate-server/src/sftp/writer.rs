@@ -1,22 +1,70 @@
 //! The reply path of a session: one task that sends replies to the client as requests
-//! complete, coalescing small ones into larger channel writes.
+//! complete, coalescing small ones into larger channel writes and packing large ones into
+//! whole SSH packets.
+//!
+//! Why packing: a 32 KiB READ's reply is 32,781 bytes (13 of header), and SSH clients take
+//! at most 32,768 bytes per channel packet (OpenSSH, PuTTY, Go, paramiko, AsyncSSH), so sent
+//! as it is every reply costs two packets, the second of 13 bytes: twice the packets to
+//! seal, send and open. OpenSSH's sshd packs the sftp-server's output stream into whole
+//! packets. Here each reply goes out in whole packets and the few bytes left over (its
+//! *tail*) are copied into the room in front of the next reply (READ buffers have
+//! [`REPLY_HEADROOM`] of it), so that the next reply starts with them: one copy of 13 bytes
+//! instead of a packet. The tail waits for the next reply only while other requests are
+//! still running, and at most [`TAIL_HOLD`]; otherwise it goes out at once.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use bytes::BytesMut;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::transport::Outlet;
+use NoReply::{Closed, Idle};
 
 /// Replies smaller than this are gathered into one channel write with their neighbours.
 const SMALL_REPLY: usize = 16 * 1024;
 /// Upper bound of one gathered write.
 const COALESCE_LIMIT: usize = 256 * 1024;
+/// Room in front of a READ's reply that the writer may fill with what precedes the reply:
+/// a chain of up to 39 32 KiB replies (13 bytes more tail each) before a short packet. Small
+/// enough that a 255 KiB READ's buffer stays in its allocator size class.
+pub(crate) const REPLY_HEADROOM: usize = 512;
+/// Longest a reply's tail waits for the next reply.
+const TAIL_HOLD: Duration = Duration::from_millis(1);
 
 /// One encoded reply and the budget it holds until it has been handed to SSH.
 pub(crate) struct Outgoing {
-    pub(crate) bytes: Bytes,
+    /// The reply is `buf[start..]`; the bytes before it are room the writer may overwrite.
+    pub(crate) buf: BytesMut,
+    pub(crate) start: usize,
     pub(crate) hold: Vec<OwnedSemaphorePermit>,
+}
+
+impl Outgoing {
+    /// A reply with no room in front of it.
+    pub(crate) fn new(buf: BytesMut, hold: Vec<OwnedSemaphorePermit>) -> Self {
+        Outgoing {
+            buf,
+            start: 0,
+            hold,
+        }
+    }
+}
+
+/// Tells whether replies are still to come: every admitted request holds one permit of the
+/// session's `outstanding` semaphore until its reply has been sent, and only this writer
+/// releases them, so when the writer holds none, permits out means requests still running
+/// (or replies queued).
+pub(crate) struct Unanswered {
+    pub(crate) outstanding: Arc<Semaphore>,
+    pub(crate) total: usize,
+}
+
+impl Unanswered {
+    fn any(&self) -> bool {
+        self.outstanding.available_permits() < self.total
+    }
 }
 
 /// Sends replies until every sender is gone (then all queued replies have been sent) or the
@@ -24,39 +72,275 @@ pub(crate) struct Outgoing {
 pub(crate) async fn run<O: Outlet>(
     channel: Arc<O>,
     mut replies: mpsc::UnboundedReceiver<Outgoing>,
+    unanswered: Unanswered,
 ) -> Result<(), String> {
-    let mut batch = BytesMut::new();
+    let packet = channel.packet_size().filter(|&m| m > REPLY_HEADROOM);
+    // Bytes not yet handed to SSH, in reply order: small replies, or the tail of a large one.
+    let mut pending = BytesMut::new();
+    // The budget of the replies wholly in `pending` (a tail holds none: it is a copy).
     let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
-    while let Some(first) = replies.recv().await {
-        let mut next = Some(first);
-        while let Some(reply) = next.take() {
-            if reply.bytes.len() >= SMALL_REPLY {
-                // Large replies (DATA) go out as they are: no copy.
-                flush(&*channel, &mut batch, &mut held).await?;
-                channel.send(reply.bytes).await?;
-                drop(reply.hold);
-            } else {
-                batch.extend_from_slice(&reply.bytes);
-                held.extend(reply.hold);
+    // `pending` is only the tail of the last large reply.
+    let mut tail_only = false;
+    loop {
+        let next = if pending.is_empty() {
+            replies.recv().await.ok_or(Closed)
+        } else {
+            match replies.try_recv() {
+                Ok(reply) => Ok(reply),
+                Err(TryRecvError::Disconnected) => Err(Closed),
+                // Only a tail waits, and only for a reply that is on its way.
+                Err(TryRecvError::Empty) if tail_only && unanswered.any() => {
+                    match tokio::time::timeout(TAIL_HOLD, replies.recv()).await {
+                        Ok(Some(reply)) => Ok(reply),
+                        Ok(None) => Err(Closed),
+                        Err(_) => Err(Idle),
+                    }
+                }
+                Err(TryRecvError::Empty) => Err(Idle),
             }
-            if batch.len() >= COALESCE_LIMIT {
-                flush(&*channel, &mut batch, &mut held).await?;
+        };
+        let reply = match next {
+            Ok(reply) => reply,
+            Err(why) => {
+                flush(&*channel, &mut pending, &mut held).await?;
+                match why {
+                    Closed => return Ok(()),
+                    Idle => continue,
+                }
             }
-            next = replies.try_recv().ok();
+        };
+        let Outgoing {
+            mut buf,
+            mut start,
+            hold,
+        } = reply;
+        let len = buf.len() - start;
+        if len < SMALL_REPLY {
+            pending.extend_from_slice(&buf[start..]);
+            held.extend(hold);
+            tail_only = false;
+            if pending.len() >= COALESCE_LIMIT {
+                flush(&*channel, &mut pending, &mut held).await?;
+            }
+            continue;
         }
-        flush(&*channel, &mut batch, &mut held).await?;
+        // Large replies (DATA) go out from their own buffer: no copy. What precedes them
+        // goes into their room, else out first.
+        if !pending.is_empty() {
+            if packet.is_some() && pending.len() <= start {
+                let at = start - pending.len();
+                buf[at..start].copy_from_slice(&pending);
+                start = at;
+                pending.clear();
+            } else {
+                flush(&*channel, &mut pending, &mut held).await?;
+            }
+        }
+        let bytes = buf.freeze().slice(start..);
+        let tail = packet.map_or(0, |m| bytes.len() % m);
+        let cut = if tail <= REPLY_HEADROOM && tail < bytes.len() {
+            bytes.len() - tail
+        } else {
+            bytes.len()
+        };
+        channel.send(bytes.slice(..cut)).await?;
+        pending.extend_from_slice(&bytes[cut..]);
+        tail_only = !pending.is_empty();
+        drop(hold);
+        held.clear();
     }
-    Ok(())
+}
+
+/// Why the writer has nothing to send: no reply came in time, or none ever will.
+enum NoReply {
+    Idle,
+    Closed,
 }
 
 async fn flush<O: Outlet>(
     channel: &O,
-    batch: &mut BytesMut,
+    pending: &mut BytesMut,
     held: &mut Vec<OwnedSemaphorePermit>,
 ) -> Result<(), String> {
-    if !batch.is_empty() {
-        channel.send(batch.split().freeze()).await?;
+    if !pending.is_empty() {
+        channel.send(pending.split().freeze()).await?;
     }
     held.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    /// Records what the writer sends.
+    #[derive(Default)]
+    struct Recorder {
+        packet: Option<usize>,
+        sent: Mutex<Vec<Bytes>>,
+    }
+
+    impl Outlet for Recorder {
+        async fn send(&self, bytes: Bytes) -> Result<(), String> {
+            self.sent.lock().unwrap().push(bytes);
+            Ok(())
+        }
+        async fn refuse(&self, _: &str) {}
+        async fn finish(&self) {}
+        fn packet_size(&self) -> Option<usize> {
+            self.packet
+        }
+    }
+
+    /// A reply of `len` bytes of `fill` with `room` bytes of filler in front.
+    fn reply(len: usize, fill: u8, room: usize) -> Outgoing {
+        let mut buf = BytesMut::with_capacity(room + len);
+        buf.resize(room, 0xEE);
+        buf.resize(room + len, fill);
+        Outgoing {
+            buf,
+            start: room,
+            hold: Vec::new(),
+        }
+    }
+
+    fn expected(replies: &[(usize, u8)]) -> Vec<u8> {
+        replies
+            .iter()
+            .flat_map(|&(len, fill)| std::iter::repeat_n(fill, len))
+            .collect()
+    }
+
+    /// Runs the writer over `replies` (queued before it starts) with `unanswered` permits
+    /// out; returns the sends.
+    async fn write_all(
+        packet: Option<usize>,
+        replies: Vec<Outgoing>,
+        unanswered: usize,
+    ) -> Vec<Bytes> {
+        let outlet = Arc::new(Recorder {
+            packet,
+            ..Default::default()
+        });
+        let outstanding = Arc::new(Semaphore::new(16));
+        let _out = outstanding
+            .clone()
+            .acquire_many_owned(unanswered as u32)
+            .await;
+        let (tx, rx) = mpsc::unbounded_channel();
+        for r in replies {
+            tx.send(r).unwrap();
+        }
+        drop(tx);
+        let unanswered = Unanswered {
+            outstanding,
+            total: 16,
+        };
+        run(outlet.clone(), rx, unanswered).await.unwrap();
+        let sent = outlet.sent.lock().unwrap().clone();
+        sent
+    }
+
+    #[tokio::test]
+    async fn data_replies_go_out_in_whole_packets_with_the_tail_in_front_of_the_next() {
+        const M: usize = 32_768;
+        let shape: Vec<(usize, u8)> = (0..8).map(|i| (M + 13, i as u8)).collect();
+        let replies = shape
+            .iter()
+            .map(|&(len, fill)| reply(len, fill, REPLY_HEADROOM))
+            .collect();
+        let sent = write_all(Some(M), replies, 0).await;
+        let stream: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(
+            stream,
+            expected(&shape),
+            "the byte stream is the replies in order"
+        );
+        // Eight whole packets, then the last reply's tail (8 x 13 bytes).
+        let lens: Vec<usize> = sent.iter().map(Bytes::len).collect();
+        assert_eq!(lens, [vec![M; 8], vec![8 * 13]].concat());
+    }
+
+    #[tokio::test]
+    async fn without_room_or_packet_size_replies_go_out_as_they_are() {
+        const M: usize = 32_768;
+        let shape = [(M + 13, 1u8), (100, 2), (M + 13, 3), (20_000, 4)];
+        // No room in front: a tail cannot travel with the next reply.
+        let replies = shape.iter().map(|&(l, f)| reply(l, f, 0)).collect();
+        let sent = write_all(Some(M), replies, 0).await;
+        let stream: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(stream, expected(&shape));
+        let lens: Vec<usize> = sent.iter().map(Bytes::len).collect();
+        assert_eq!(lens, [M, 13 + 100, M, 13, 20_000]);
+        // A byte stream (no packets): every reply whole, small ones gathered.
+        let replies = shape.iter().map(|&(l, f)| reply(l, f, 64)).collect();
+        let sent = write_all(None, replies, 0).await;
+        let lens: Vec<usize> = sent.iter().map(Bytes::len).collect();
+        assert_eq!(lens, [M + 13, 100, M + 13, 20_000]);
+    }
+
+    #[tokio::test]
+    async fn small_replies_ride_in_front_of_the_next_large_one() {
+        const M: usize = 32_768;
+        let shape = [(40, 1u8), (M - 40 + 5, 2), (30, 3), (M, 4)];
+        let replies = shape
+            .iter()
+            .map(|&(l, f)| reply(l, f, REPLY_HEADROOM))
+            .collect();
+        let sent = write_all(Some(M), replies, 0).await;
+        let stream: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(stream, expected(&shape));
+        let lens: Vec<usize> = sent.iter().map(Bytes::len).collect();
+        assert_eq!(lens, [M, M, 5 + 30]);
+    }
+
+    /// Lets the writer task run until it waits (current-thread runtime).
+    async fn settle() {
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tail_waits_for_the_next_reply_only_while_requests_run_and_not_long() {
+        const M: usize = 32_768;
+        let outlet = Arc::new(Recorder {
+            packet: Some(M),
+            ..Default::default()
+        });
+        let outstanding = Arc::new(Semaphore::new(4));
+        let running = outstanding.clone().acquire_owned().await.unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let unanswered = Unanswered {
+            outstanding,
+            total: 4,
+        };
+        let writer = tokio::spawn(run(outlet.clone(), rx, unanswered));
+        let sent = |o: &Recorder| -> Vec<usize> {
+            o.sent.lock().unwrap().iter().map(Bytes::len).collect()
+        };
+
+        // A request is still running: the tail waits for its reply...
+        tx.send(reply(M + 13, 1, REPLY_HEADROOM)).unwrap();
+        settle().await;
+        assert_eq!(sent(&outlet), [M]);
+        tx.send(reply(M + 13, 2, REPLY_HEADROOM)).unwrap();
+        settle().await;
+        assert_eq!(sent(&outlet), [M, M]);
+        // ...but no longer than TAIL_HOLD (the timer has a millisecond's resolution).
+        tokio::time::sleep(TAIL_HOLD * 3).await;
+        assert_eq!(sent(&outlet), [M, M, 26]);
+
+        // Nothing running: the tail goes out at once.
+        drop(running);
+        tx.send(reply(M + 13, 3, REPLY_HEADROOM)).unwrap();
+        settle().await;
+        assert_eq!(sent(&outlet), [M, M, 26, M, 13]);
+        drop(tx);
+        writer.await.unwrap().unwrap();
+    }
 }
