@@ -3,14 +3,15 @@
 //! whole SSH packets.
 //!
 //! Why packing: a 32 KiB READ's reply is 32,781 bytes (13 of header), and SSH clients take
-//! at most 32,768 bytes per channel packet (OpenSSH, PuTTY, Go, paramiko, AsyncSSH), so sent
+//! at most 32,768 bytes per channel packet (OpenSSH, Go, paramiko, AsyncSSH), so sent
 //! as it is every reply costs two packets, the second of 13 bytes: twice the packets to
 //! seal, send and open. OpenSSH's sshd packs the sftp-server's output stream into whole
 //! packets. Here each reply goes out in whole packets and the few bytes left over (its
 //! *tail*) are copied into the room in front of the next reply (READ buffers have
-//! [`REPLY_HEADROOM`] of it), so that the next reply starts with them: one copy of 13 bytes
-//! instead of a packet. The tail waits for the next reply only while other requests are
-//! still running, and at most [`TAIL_HOLD`]; otherwise it goes out at once.
+//! [`REPLY_HEADROOM`] of it), so that the next reply starts with them: a copy of at most
+//! that many bytes (the tail grows by 13 with each reply of a chain) instead of a packet.
+//! The tail waits for the next reply only while other requests are still running, and at
+//! most [`TAIL_HOLD`]; otherwise it goes out at once.
 
 use std::sync::Arc;
 use std::time::Duration;
