@@ -115,6 +115,54 @@ async fn pipelined_writes_then_reads() {
     server.stop().await;
 }
 
+/// 32 KiB READs, pipelined, to a client that takes at most 32,768 bytes per channel packet
+/// (russh's default, as OpenSSH's): each reply is 32,781 bytes, and the server sends the
+/// replies in whole packets, the 13 bytes over riding in front of the next reply, instead of
+/// two packets per reply (see `sftp/writer.rs`).
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_32k_reads_arrive_in_whole_packets() {
+    const LEN: usize = 32 * 1024;
+    const N: usize = 32;
+    let mut server = TestServer::start(Options::default()).await;
+    let content: Vec<u8> = (0..N * LEN).map(|j| (j % 251) as u8).collect();
+    std::fs::write(server.root.join("big"), &content).unwrap();
+    let (_client, mut sftp) = server.sftp_client().await;
+    let handle = sftp.open("/big", OpenFlags::READ).await.unwrap();
+    let requests = (0..N)
+        .map(|i| Request::Read {
+            id: 3000 + i as u32,
+            handle: handle.clone(),
+            offset: (i * LEN) as u64,
+            len: LEN as u32,
+        })
+        .collect();
+    let before = sftp.data_messages.len();
+    let (replies, _order) = pipeline(&mut sftp, requests).await;
+    for i in 0..N {
+        match &replies[&(3000 + i as u32)] {
+            Response::Data { data, .. } => {
+                assert_eq!(&data[..], &content[i * LEN..(i + 1) * LEN], "READ {i}")
+            }
+            other => panic!("READ {i}: {other:?}"),
+        }
+    }
+    let sizes = &sftp.data_messages[before..];
+    assert!(sizes.iter().all(|&s| s <= 32_768), "{sizes:?}");
+    // Sent as they are, the replies would be 2 x N messages (and the pipeline's closing STAT
+    // one more). Packed: N whole packets and a short one at the end, plus a few more where
+    // a tail could not wait for the next reply (at most 1 ms; a loaded machine may take
+    // longer between two replies).
+    assert!(
+        sizes.len() <= N + N / 2,
+        "{} channel messages for {N} replies: {sizes:?}",
+        sizes.len()
+    );
+    sftp.close(&handle).await.unwrap();
+    sftp.eof().await;
+    server.log.wait_exits(1).await;
+    server.stop().await;
+}
+
 /// A READ that overlaps an earlier, slow WRITE waits for it and sees its data; a READ on
 /// another handle does not wait. (A READ of another range of the same handle runs without
 /// waiting too, but replies after the WRITE: replies on one handle keep request order, see

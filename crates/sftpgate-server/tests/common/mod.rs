@@ -1058,6 +1058,8 @@ pub struct SftpChannel {
     decoder: Decoder,
     next_id: u32,
     pub end: ChannelEnd,
+    /// The length of every channel data message received, in order.
+    pub data_messages: Vec<usize>,
 }
 
 /// A failed request: its STATUS code and message.
@@ -1073,6 +1075,7 @@ impl SftpChannel {
             decoder: Decoder::with_max_packet(u32::MAX),
             next_id: 1,
             end: ChannelEnd::default(),
+            data_messages: Vec::new(),
         }
     }
 
@@ -1122,6 +1125,7 @@ impl SftpChannel {
             }
             let msg = bounded("a message from the server", self.reader.wait()).await;
             if let Some(data) = self.end.absorb(msg) {
+                self.data_messages.push(data.len());
                 self.input.extend_from_slice(&data);
             }
         }
