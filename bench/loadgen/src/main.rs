@@ -36,7 +36,9 @@ use clap::Parser;
 use russh::client;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect};
-use sftpgate_proto::{Decoder, FileAttributes, OpenFlags, Request, Response, StatusCode};
+use sftpgate_proto::{
+    append_message, Decoder, FileAttributes, OpenFlags, Request, Response, StatusCode,
+};
 use tokio::sync::Semaphore;
 
 /// Length of the content pattern: a prime, so that no power-of-two request size lines a
@@ -759,17 +761,7 @@ async fn recv(
             return Ok(response);
         }
         match reader.wait().await {
-            Some(ChannelMsg::Data { data }) => {
-                // Take a new message's buffer over when nothing is pending (no copy).
-                if input.is_empty() {
-                    match data.try_into_mut() {
-                        Ok(data) => *input = data,
-                        Err(data) => input.extend_from_slice(&data),
-                    }
-                } else {
-                    input.extend_from_slice(&data);
-                }
-            }
+            Some(ChannelMsg::Data { data }) => append_message(input, data),
             Some(ChannelMsg::ExtendedData { data, .. }) => {
                 eprintln!(
                     "server stderr: {}",

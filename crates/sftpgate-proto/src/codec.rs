@@ -121,3 +121,46 @@ impl Decoder {
         }
     }
 }
+
+/// Appends a transport message (an SSH channel message) to a decoder's input buffer, taking
+/// the message's buffer over instead of copying when `input` is empty and nothing else
+/// refers to `data`.
+pub fn append_message(input: &mut BytesMut, data: Bytes) {
+    if input.is_empty() {
+        match data.try_into_mut() {
+            Ok(data) => *input = data,
+            Err(data) => input.extend_from_slice(&data),
+        }
+    } else {
+        input.extend_from_slice(&data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_message_takes_a_unique_buffer_over_and_copies_otherwise() {
+        // Empty input, unique message: the message's buffer becomes the input.
+        let data = Bytes::from(b"first".to_vec());
+        let at = data.as_ptr();
+        let mut input = BytesMut::new();
+        append_message(&mut input, data);
+        assert_eq!(&input[..], b"first");
+        assert_eq!(input.as_ptr(), at, "no copy of a unique message");
+
+        // Non-empty input: appended after what is there.
+        append_message(&mut input, Bytes::from_static(b", second"));
+        assert_eq!(&input[..], b"first, second");
+
+        // Empty input, message still referenced elsewhere: copied, the other view unchanged.
+        let shared = Bytes::from(b"third".to_vec());
+        let keep = shared.clone();
+        let mut input = BytesMut::new();
+        append_message(&mut input, shared);
+        assert_eq!(&input[..], b"third");
+        input[0] = b'T';
+        assert_eq!(&keep[..], b"third");
+    }
+}

@@ -38,7 +38,7 @@ mod status;
 mod wire;
 
 pub use attrs::{AttrFlags, FileAttributes, FileType, Owner, Times};
-pub use codec::{Decoder, DEFAULT_MAX_PACKET, FRAME_HEADER_LEN};
+pub use codec::{append_message, Decoder, DEFAULT_MAX_PACKET, FRAME_HEADER_LEN};
 pub use error::{DecodeError, Malformed};
 pub use extensions::{ExtendedRequest, LimitsReply, StatvfsReply, UsersGroupsReply};
 pub use longname::{longname, LongnameInfo};

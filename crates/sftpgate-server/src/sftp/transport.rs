@@ -7,6 +7,7 @@ use std::future::Future;
 use bytes::{Bytes, BytesMut};
 use russh::server::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use sftpgate_proto::append_message;
 use sftpgate_vfs::EndReason;
 use tokio::sync::watch;
 
@@ -20,19 +21,6 @@ pub(crate) trait Inlet: Send {
     /// stream has ended instead.
     fn recv_into(&mut self, input: &mut BytesMut)
         -> impl Future<Output = Option<EndReason>> + Send;
-}
-
-/// Appends `data` to `input`, taking its buffer over instead of copying when `input` is
-/// empty and nothing else refers to `data` (a new SSH channel message).
-pub(crate) fn append(input: &mut BytesMut, data: Bytes) {
-    if input.is_empty() {
-        match data.try_into_mut() {
-            Ok(data) => *input = data,
-            Err(data) => input.extend_from_slice(&data),
-        }
-    } else {
-        input.extend_from_slice(&data);
-    }
 }
 
 /// The server-to-client byte stream.
@@ -60,7 +48,7 @@ impl Inlet for ChannelInlet {
         loop {
             match self.reader.wait().await {
                 Some(ChannelMsg::Data { data }) => {
-                    append(input, data);
+                    append_message(input, data);
                     return None;
                 }
                 Some(ChannelMsg::Eof) => return Some(EndReason::ClientEof),
@@ -123,34 +111,5 @@ impl ChannelOutlet {
         let _ = self.writer.exit_status(status).await;
         let _ = self.writer.eof().await;
         let _ = self.writer.close().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn append_takes_a_unique_buffer_over_and_copies_otherwise() {
-        // Empty input, unique message: the message's buffer becomes the input.
-        let data = Bytes::from(b"first".to_vec());
-        let at = data.as_ptr();
-        let mut input = BytesMut::new();
-        append(&mut input, data);
-        assert_eq!(&input[..], b"first");
-        assert_eq!(input.as_ptr(), at, "no copy of a unique message");
-
-        // Non-empty input: appended after what is there.
-        append(&mut input, Bytes::from_static(b", second"));
-        assert_eq!(&input[..], b"first, second");
-
-        // Empty input, message still referenced elsewhere: copied, the other view unchanged.
-        let shared = Bytes::from(b"third".to_vec());
-        let keep = shared.clone();
-        let mut input = BytesMut::new();
-        append(&mut input, shared);
-        assert_eq!(&input[..], b"third");
-        input[0] = b'T';
-        assert_eq!(&keep[..], b"third");
     }
 }
