@@ -16,7 +16,7 @@
 // http://cvsweb.openbsd.org/cgi-bin/cvsweb/src/usr.bin/ssh/PROTOCOL.chacha20poly1305?annotate=HEAD
 
 // sftpgate: sealed with OpenSSL's libcrypto instead of aws-lc or ring, whose Poly1305 is
-// three times slower (see vendor/README.md and crates/sftpgate-chacha).
+// slower (see vendor/README.md and crates/sftpgate-chacha).
 use sftpgate_chacha as chacha20_poly1305_openssh;
 
 use super::super::Error;
