@@ -206,24 +206,62 @@ struct Algorithm(NonNull<ffi::EVP_MAC>);
 unsafe impl Send for Algorithm {}
 unsafe impl Sync for Algorithm {}
 
-fn poly1305_algorithm() -> &'static Algorithm {
-    static ALGORITHM: OnceLock<Algorithm> = OnceLock::new();
-    ALGORITHM.get_or_init(|| {
-        openssl::init();
-        // SAFETY: a NUL-terminated name and null library context and properties (the
-        // defaults) are what EVP_MAC_fetch takes.
-        let mac = unsafe {
-            ffi::EVP_MAC_fetch(std::ptr::null_mut(), c"POLY1305".as_ptr(), std::ptr::null())
-        };
-        Algorithm(NonNull::new(mac).expect("libcrypto has no POLY1305 (OpenSSL 3.0 or later)"))
-    })
+fn poly1305_algorithm() -> Option<&'static Algorithm> {
+    static ALGORITHM: OnceLock<Option<Algorithm>> = OnceLock::new();
+    ALGORITHM
+        .get_or_init(|| {
+            openssl::init();
+            // SAFETY: a NUL-terminated name and null library context and properties (the
+            // defaults) are what EVP_MAC_fetch takes.
+            let mac = unsafe {
+                ffi::EVP_MAC_fetch(std::ptr::null_mut(), c"POLY1305".as_ptr(), std::ptr::null())
+            };
+            NonNull::new(mac).map(Algorithm)
+        })
+        .as_ref()
 }
+
+/// Whether this process's libcrypto provides ChaCha20 and Poly1305. Without them (OpenSSL in
+/// FIPS mode, where neither is approved, or a configuration that loads no default provider)
+/// the cipher must not be offered: a key made anyway would panic its connection's task.
+/// OpenSSH leaves chacha20-poly1305 out in FIPS mode too.
+pub fn check() -> Result<(), Unavailable> {
+    if poly1305_algorithm().is_none() {
+        return Err(Unavailable("Poly1305"));
+    }
+    let mut ctx = CipherCtx::new().map_err(|_| Unavailable("a cipher context"))?;
+    ctx.encrypt_init(
+        Some(Cipher::chacha20()),
+        Some(&[0u8; CHACHA_KEY_LEN]),
+        Some(&[0u8; 16]),
+    )
+    .map_err(|_| Unavailable("ChaCha20"))?;
+    Ok(())
+}
+
+/// What [`check`] found missing from libcrypto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable(&'static str);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "libcrypto does not provide {} (FIPS mode, or no default provider loaded)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Unavailable {}
 
 impl Poly1305 {
     fn new() -> Poly1305 {
+        let algorithm = poly1305_algorithm()
+            .expect("libcrypto has no Poly1305: offer this cipher only after check()");
         // SAFETY: the algorithm pointer is valid for the life of the process; the new
         // context holds its own reference.
-        let ctx = unsafe { ffi::EVP_MAC_CTX_new(poly1305_algorithm().0.as_ptr()) };
+        let ctx = unsafe { ffi::EVP_MAC_CTX_new(algorithm.0.as_ptr()) };
         Poly1305 {
             ctx: NonNull::new(ctx).expect("libcrypto: allocating a MAC context"),
         }

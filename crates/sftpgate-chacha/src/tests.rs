@@ -34,6 +34,11 @@ fn seal_both(key: &[u8; KEY_LEN], seq: u32, plain: &[u8]) -> (Vec<u8>, [u8; TAG_
 }
 
 #[test]
+fn this_libcrypto_provides_the_cipher() {
+    assert_eq!(check(), Ok(()));
+}
+
+#[test]
 fn seals_as_aws_lc_does_at_packet_sizes_russh_sends() {
     // Sizes around a 32 KiB channel packet and the largest (256 KiB) SSH packet, and the
     // sequence numbers where the nonce's bytes roll over.
@@ -147,4 +152,45 @@ proptest! {
         let got = OpeningKey::new(&k).open_in_place(seq, &mut ours, &tag).expect("we open it");
         prop_assert_eq!(got, &body[..]);
     }
+}
+
+/// Set in the child process of the test below.
+const CHILD: &str = "SFTPGATE_CHACHA_TEST_NO_DEFAULT_PROVIDER";
+
+#[test]
+fn without_a_default_provider_check_reports_it_instead_of_a_key_panicking() {
+    // libcrypto reads OPENSSL_CONF once per process, so the case runs in a child: this test
+    // binary again, with a configuration that activates only the base provider (no
+    // algorithms), as in FIPS mode without chacha20 and Poly1305.
+    if std::env::var_os(CHILD).is_some() {
+        let e = check().expect_err("no provider offers Poly1305");
+        assert!(e.to_string().contains("Poly1305"), "{e}");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sftpgate-chacha-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("openssl.cnf");
+    std::fs::write(
+        &conf,
+        "openssl_conf = openssl_init\n[openssl_init]\nproviders = providers\n\
+         [providers]\nbase = base\n[base]\nactivate = 1\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "tests::without_a_default_provider_check_reports_it_instead_of_a_key_panicking",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .env("OPENSSL_CONF", &conf)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

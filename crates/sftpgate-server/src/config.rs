@@ -204,15 +204,23 @@ impl ServerConfig {
     pub(crate) fn russh_config(&self) -> russh::server::Config {
         use russh::cipher;
 
+        let mut ciphers = vec![
+            cipher::AES_128_GCM,
+            cipher::CHACHA20_POLY1305,
+            cipher::AES_256_GCM,
+            cipher::AES_256_CTR,
+            cipher::AES_192_CTR,
+            cipher::AES_128_CTR,
+        ];
+        // chacha20-poly1305 is sealed with the system's libcrypto (vendor/README.md); one
+        // that lacks it (FIPS mode) must not have it offered, or each session asking for
+        // it would fail at key exchange.
+        if let Err(e) = sftpgate_chacha::check() {
+            tracing::warn!(error = %e, "not offering chacha20-poly1305@openssh.com");
+            ciphers.retain(|c| *c != cipher::CHACHA20_POLY1305);
+        }
         let preferred = russh::Preferred {
-            cipher: std::borrow::Cow::Owned(vec![
-                cipher::AES_128_GCM,
-                cipher::CHACHA20_POLY1305,
-                cipher::AES_256_GCM,
-                cipher::AES_256_CTR,
-                cipher::AES_192_CTR,
-                cipher::AES_128_CTR,
-            ]),
+            cipher: std::borrow::Cow::Owned(ciphers),
             ..russh::Preferred::default()
         };
         russh::server::Config {
@@ -233,5 +241,21 @@ impl ServerConfig {
             preferred,
             ..Default::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offers_aes128_gcm_and_chacha20_poly1305_first() {
+        // aes128-gcm@openssh.com only when listed (russh's default leaves it out), and
+        // chacha20-poly1305@openssh.com whenever libcrypto provides it (it does here).
+        let config = ServerConfig::default().russh_config();
+        assert_eq!(
+            config.preferred.cipher[..2],
+            [russh::cipher::AES_128_GCM, russh::cipher::CHACHA20_POLY1305]
+        );
     }
 }
