@@ -35,6 +35,7 @@ pub const PACKET_LENGTH_LEN: usize = 4;
 
 const CHACHA_KEY_LEN: usize = 32;
 const POLY_KEY_LEN: usize = 32;
+const CHACHA_BLOCK_LEN: usize = 64;
 
 /// A tag did not verify (the packet is forged or damaged). Nothing about which byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +72,8 @@ impl SealingKey {
         let (length, rest) = split_length(plaintext_in_ciphertext_out);
         self.keys.header.get_mut().apply(sequence_number, 0, length);
         let poly_key = self.keys.poly_key(sequence_number);
-        self.keys.main.apply(sequence_number, 1, rest);
+        // K_2's keystream goes on from block 1.
+        self.keys.main.update(rest);
         *tag_out = self.keys.mac.tag(&poly_key, plaintext_in_ciphertext_out);
     }
 }
@@ -122,7 +124,8 @@ impl OpeningKey {
             return Err(Unspecified);
         }
         let (_, rest) = split_length(ciphertext_in_plaintext_out);
-        self.keys.main.apply(sequence_number, 1, rest);
+        // K_2's keystream goes on from block 1.
+        self.keys.main.update(rest);
         Ok(rest)
     }
 }
@@ -153,10 +156,14 @@ impl Keys {
         }
     }
 
-    /// The packet's Poly1305 key: the first 32 bytes of K_2's keystream at counter 0.
+    /// The packet's Poly1305 key: the first 32 bytes of K_2's keystream at counter 0. The
+    /// whole first block is used up, so that `main` goes on at block 1, where the payload's
+    /// keystream starts (one IV set-up per packet instead of two).
     fn poly_key(&mut self, sequence_number: u32) -> [u8; POLY_KEY_LEN] {
+        let mut block = [0u8; CHACHA_BLOCK_LEN];
+        self.main.apply(sequence_number, 0, &mut block);
         let mut key = [0u8; POLY_KEY_LEN];
-        self.main.apply(sequence_number, 0, &mut key);
+        key.copy_from_slice(&block[..POLY_KEY_LEN]);
         key
     }
 }
@@ -182,6 +189,11 @@ impl ChaCha20 {
         self.0
             .encrypt_init(None, None, Some(&iv))
             .expect("libcrypto: chacha20 takes a 16-byte IV");
+        self.update(data);
+    }
+
+    /// XORs `data` with the keystream from where the last call left off.
+    fn update(&mut self, data: &mut [u8]) {
         let len = data.len();
         self.0
             .cipher_update_inplace(data, len)
