@@ -4,19 +4,28 @@
 # to target/corpus-<target>/). Targets: `decode` (the codec) and `session` (the whole request
 # path: bytes → StreamSession → dispatcher → in-memory filesystem → replies). FUZZ_TARGETS
 # picks a subset. Exits 0 with a reason when fuzzing cannot run here; exits non-zero when a
-# fuzzer finds a failing input (it lands in artifacts/<target>/).
+# fuzzer finds a failing input (it lands in artifacts/<target>/). Under CI=true "cannot run"
+# is a failure too, so that a fuzz target that stops building does not go unnoticed.
 #
 # cargo-fuzz needs nightly-only rustc flags (-Zsanitizer=address, sanitizer coverage). A
 # nightly toolchain is used when rustup has one; otherwise stable with RUSTC_BOOTSTRAP=1,
 # which unlocks those flags (the sanitizer runtimes ship with stable's rust-std too).
 set -eu
 cd "$(dirname "$0")"
+
+skip() {
+    echo "fuzz: skipped: $*"
+    if [ "${CI:-}" = "true" ]; then
+        echo "fuzz: CI=true: fuzzing must run" >&2
+        exit 1
+    fi
+    exit 0
+}
 seconds=${FUZZ_SECONDS:-60}
 targets=${FUZZ_TARGETS:-decode session}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "fuzz: skipped: cargo-fuzz is not installed (cargo install cargo-fuzz)"
-    exit 0
+    skip "cargo-fuzz is not installed (cargo install cargo-fuzz)"
 fi
 
 if cargo +nightly --version >/dev/null 2>&1; then
@@ -30,8 +39,7 @@ fi
 
 for target in $targets; do
     if ! "$@" build "$target"; then
-        echo "fuzz: skipped: building the fuzz target $target failed with the $how (see above)"
-        exit 0
+        skip "building the fuzz target $target failed with the $how (see above)"
     fi
 done
 
