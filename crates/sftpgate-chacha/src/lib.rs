@@ -70,7 +70,7 @@ impl SealingKey {
         tag_out: &mut [u8; TAG_LEN],
     ) {
         let (length, rest) = split_length(plaintext_in_ciphertext_out);
-        self.keys.header.get_mut().apply(sequence_number, 0, length);
+        self.keys.header.get_mut().apply(sequence_number, length);
         let poly_key = self.keys.poly_key(sequence_number);
         // K_2's keystream goes on from block 1.
         self.keys.main.update(rest);
@@ -102,7 +102,7 @@ impl OpeningKey {
         self.keys
             .header
             .borrow_mut()
-            .apply(sequence_number, 0, &mut length);
+            .apply(sequence_number, &mut length);
         length
     }
 
@@ -161,7 +161,7 @@ impl Keys {
     /// keystream starts (one IV set-up per packet instead of two).
     fn poly_key(&mut self, sequence_number: u32) -> [u8; POLY_KEY_LEN] {
         let mut block = [0u8; CHACHA_BLOCK_LEN];
-        self.main.apply(sequence_number, 0, &mut block);
+        self.main.apply(sequence_number, &mut block);
         let mut key = [0u8; POLY_KEY_LEN];
         key.copy_from_slice(&block[..POLY_KEY_LEN]);
         key
@@ -173,18 +173,22 @@ struct ChaCha20(CipherCtx);
 
 impl ChaCha20 {
     fn new(key: &[u8]) -> ChaCha20 {
-        let mut ctx = CipherCtx::new().expect("libcrypto: allocating a cipher context");
-        ctx.encrypt_init(Some(Cipher::chacha20()), Some(key), None)
-            .expect("libcrypto: chacha20 with a 32-byte key");
-        ChaCha20(ctx)
+        ChaCha20::try_new(key)
+            .expect("libcrypto has no ChaCha20: offer this cipher only after check()")
     }
 
-    /// XORs `data` with the keystream for `sequence_number` from block `counter` on.
+    fn try_new(key: &[u8]) -> Result<ChaCha20, openssl::error::ErrorStack> {
+        let mut ctx = CipherCtx::new()?;
+        ctx.encrypt_init(Some(Cipher::chacha20()), Some(key), None)?;
+        Ok(ChaCha20(ctx))
+    }
+
+    /// XORs `data` with the keystream for `sequence_number` from block 0 on (every use
+    /// starts there; the payload continues from it through [`ChaCha20::update`]).
     /// OpenSSL's 16-byte ChaCha20 IV is the block counter (little-endian) then the nonce;
     /// OpenSSH's 64-bit counter and 64-bit nonce fill it the same way (cipher-chacha-libcrypto.c).
-    fn apply(&mut self, sequence_number: u32, counter: u8, data: &mut [u8]) {
+    fn apply(&mut self, sequence_number: u32, data: &mut [u8]) {
         let mut iv = [0u8; 16];
-        iv[0] = counter;
         iv[8..].copy_from_slice(&u64::from(sequence_number).to_be_bytes());
         self.0
             .encrypt_init(None, None, Some(&iv))
@@ -241,13 +245,7 @@ pub fn check() -> Result<(), Unavailable> {
     if poly1305_algorithm().is_none() {
         return Err(Unavailable("Poly1305"));
     }
-    let mut ctx = CipherCtx::new().map_err(|_| Unavailable("a cipher context"))?;
-    ctx.encrypt_init(
-        Some(Cipher::chacha20()),
-        Some(&[0u8; CHACHA_KEY_LEN]),
-        Some(&[0u8; 16]),
-    )
-    .map_err(|_| Unavailable("ChaCha20"))?;
+    ChaCha20::try_new(&[0u8; CHACHA_KEY_LEN]).map_err(|_| Unavailable("ChaCha20"))?;
     Ok(())
 }
 

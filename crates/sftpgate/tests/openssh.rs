@@ -243,6 +243,50 @@ fn hundred_mebibyte_round_trip() {
     assert_same_file(&local.join("big.bin"), &local.join("back.bin"));
 }
 
+/// Each cipher the server offers, forced with `sftp -c` (the client then offers only that
+/// one, so a successful login proves it was negotiated), with a file of many SSH packets up
+/// and down: chacha20-poly1305 is sealed by crates/sftpgate-chacha on OpenSSL, the others
+/// by aws-lc, and OpenSSH's client must open every packet the server seals and the other
+/// way round.
+#[test]
+fn every_offered_cipher_round_trips_with_openssh() {
+    let Some(fx) = Fixture::new() else { return };
+    let server = fx.start(USER);
+    let local = fx.local();
+    let data = pseudo_random(3 << 20, 0x0c1f_4e2d_9a7b_3358);
+    std::fs::write(local.join("cipher.bin"), &data).unwrap();
+    drop(data);
+
+    for cipher in [
+        "chacha20-poly1305@openssh.com",
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        "aes256-ctr",
+        "aes192-ctr",
+        "aes128-ctr",
+    ] {
+        let back = format!("back-{cipher}.bin");
+        let out = fx.sftp_with(
+            &local,
+            &server,
+            USER,
+            &format!("put cipher.bin\nget cipher.bin {back}\n"),
+            common::SFTP_TIMEOUT,
+            &["-c", cipher],
+        );
+        assert!(
+            out.status.success(),
+            "{cipher}: the transfer failed\n{}",
+            out.show()
+        );
+        assert_same_file(
+            &local.join("cipher.bin"),
+            &fx.user_root(USER).join("cipher.bin"),
+        );
+        assert_same_file(&local.join("cipher.bin"), &local.join(&back));
+    }
+}
+
 /// The lines `sftp -b` printed for the first command `cmd` (between its echoed
 /// `sftp> cmd` and the next prompt).
 fn section(stdout: &str, cmd: &str) -> Vec<String> {

@@ -385,6 +385,19 @@ impl Fixture {
         batch: &str,
         limit: Duration,
     ) -> Output {
+        self.sftp_with(cwd, server, user, batch, limit, &[])
+    }
+
+    /// [`Fixture::sftp_within`] with more `sftp` options (e.g. `-c CIPHER`).
+    pub fn sftp_with(
+        &self,
+        cwd: &Path,
+        server: &Server,
+        user: &str,
+        batch: &str,
+        limit: Duration,
+        options: &[&str],
+    ) -> Output {
         let batch_file = tempfile::NamedTempFile::new().expect("creating a batch file");
         std::fs::write(batch_file.path(), batch).expect("writing a batch file");
         let mut cmd = Command::new("sftp");
@@ -394,6 +407,7 @@ impl Fixture {
             .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
             .args(["-o", "PreferredAuthentications=publickey", "-i"])
             .arg(&self.key)
+            .args(options)
             .arg("-P")
             .arg(server.port.to_string())
             .arg("-b")
