@@ -461,6 +461,8 @@ pub struct Server {
     pub port: u16,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    /// Disconnects when both output readers have seen EOF.
+    readers_done: Mutex<mpsc::Receiver<()>>,
     exited: Option<ExitStatus>,
 }
 
@@ -478,11 +480,14 @@ impl Server {
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let (lines_tx, lines) = mpsc::channel();
+        let (done_tx, readers_done) = mpsc::channel::<()>();
         let mut readers = Vec::new();
         {
             let reader = BufReader::new(child.stdout.take().expect("stdout is piped"));
             let stdout = stdout.clone();
+            let done = done_tx.clone();
             readers.push(std::thread::spawn(move || {
+                let _done = done;
                 for line in reader.lines() {
                     let Ok(line) = line else { break };
                     stdout
@@ -496,7 +501,9 @@ impl Server {
         {
             let mut reader = child.stderr.take().expect("stderr is piped");
             let stderr = stderr.clone();
+            let done = done_tx;
             readers.push(std::thread::spawn(move || {
+                let _done = done;
                 let mut buf = [0u8; 4096];
                 while let Ok(n @ 1..) = reader.read(&mut buf) {
                     stderr
@@ -511,6 +518,7 @@ impl Server {
             port: 0,
             stdout,
             stderr,
+            readers_done: Mutex::new(readers_done),
             exited: None,
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -550,12 +558,24 @@ impl Server {
 
     /// Everything it printed on stdout so far.
     pub fn stdout(&self) -> String {
+        self.drained();
         self.stdout.lock().expect("stdout buffer").clone()
     }
 
-    /// Everything it logged on stderr so far.
+    /// Everything it logged on stderr so far (all of it once it has exited).
     pub fn stderr(&self) -> String {
+        self.drained();
         self.stderr.lock().expect("stderr buffer").clone()
+    }
+
+    /// Once the process has exited, waits (bounded) until the reader threads have taken in
+    /// its last output: an exit does not mean they have caught up, and a test that checks
+    /// the log right after the exit would otherwise race them.
+    fn drained(&self) {
+        if self.exited.is_some() {
+            let done = self.readers_done.lock().expect("readers_done");
+            let _ = done.recv_timeout(Duration::from_secs(5));
+        }
     }
 
     /// SIGKILL: the server dies at once, with no chance to clean up (a crash).

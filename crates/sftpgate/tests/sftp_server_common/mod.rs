@@ -177,7 +177,7 @@ pub struct Piped {
     stdin: Option<ChildStdin>,
     /// Every reply packet's type byte, in order, then `None` at EOF.
     packets: mpsc::Receiver<Option<u8>>,
-    stderr: Arc<Mutex<String>>,
+    stderr: Collected,
     pub exited: Option<ExitStatus>,
 }
 
@@ -258,8 +258,13 @@ impl Piped {
         self.exited
     }
 
+    /// Its log: all of it once it has exited, what arrived so far while it runs.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().expect("stderr buffer").clone()
+        if self.exited.is_some() {
+            self.stderr.complete(Duration::from_secs(5))
+        } else {
+            self.stderr.text()
+        }
     }
 }
 
@@ -272,11 +277,42 @@ impl Drop for Piped {
     }
 }
 
+/// What a child prints on one pipe, collected as it comes by a reader thread.
+pub struct Collected {
+    text: Arc<Mutex<String>>,
+    /// Disconnects when the reader thread has seen EOF.
+    eof: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Collected {
+    /// What has arrived so far.
+    pub fn text(&self) -> String {
+        self.text.lock().expect("output buffer").clone()
+    }
+
+    /// Whether what has arrived so far contains `needle`.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.text.lock().expect("output buffer").contains(needle)
+    }
+
+    /// Everything, once the pipe reached EOF (the writer exited); what arrived within
+    /// `timeout` otherwise. A child's exit does not mean its last lines were read yet: the
+    /// reader thread may still be behind, so a test that checks a log after the exit waits
+    /// here instead of reading the buffer at once.
+    pub fn complete(&self, timeout: Duration) -> String {
+        let eof = self.eof.lock().expect("eof signal");
+        let _ = eof.recv_timeout(timeout);
+        self.text()
+    }
+}
+
 /// Collects what `stream` prints, as it comes.
-pub fn collect(mut stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
-    let out = Arc::new(Mutex::new(String::new()));
-    let sink = out.clone();
+pub fn collect(mut stream: impl std::io::Read + Send + 'static) -> Collected {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    let (done, eof) = mpsc::channel::<()>();
     std::thread::spawn(move || {
+        let _done = done;
         let mut buf = [0u8; 4096];
         while let Ok(n @ 1..) = stream.read(&mut buf) {
             sink.lock()
@@ -284,7 +320,10 @@ pub fn collect(mut stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Str
                 .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
-    out
+    Collected {
+        text,
+        eof: Mutex::new(eof),
+    }
 }
 
 /// Whether process `pid` has ended (gone, or a zombie its parent has not reaped yet).
@@ -312,7 +351,7 @@ pub struct Sshd {
     pub port: u16,
     /// The client's private key.
     pub key: PathBuf,
-    stderr: Arc<Mutex<String>>,
+    stderr: Collected,
 }
 
 impl Sshd {
@@ -442,7 +481,7 @@ impl Sshd {
     }
 
     pub fn stderr(&self) -> String {
-        self.stderr.lock().expect("stderr buffer").clone()
+        self.stderr.text()
     }
 }
 
