@@ -427,19 +427,26 @@ impl Serving {
                 };
                 let access = Access::of(&request, |h| self.dispatcher.handles.is_append(h));
                 let (done, deps, after) = sequencer.admit(access);
-                tasks.spawn(
-                    request_task(RequestTask {
-                        request,
-                        deps,
-                        after,
-                        done,
-                        held,
-                        dispatcher: self.dispatcher.clone(),
-                        executing: budgets.executing.clone(),
-                        replies: replies.clone(),
-                    })
-                    .in_current_span(),
-                );
+                let inline = runs_inline(&request, &deps, after.as_ref(), &held);
+                let task = request_task(RequestTask {
+                    request,
+                    deps,
+                    after,
+                    done,
+                    held,
+                    dispatcher: self.dispatcher.clone(),
+                    executing: budgets.executing.clone(),
+                    replies: replies.clone(),
+                })
+                .in_current_span();
+                if inline {
+                    let mut task = Box::pin(task);
+                    if poll_once(task.as_mut()).is_pending() {
+                        tasks.spawn(task);
+                    }
+                } else {
+                    tasks.spawn(task);
+                }
             }
             tokio::select! {
                 () = self.shutdown.cancelled() => break EndReason::Shutdown,
@@ -553,6 +560,42 @@ impl Serving {
         encode_status(&mut out, id, code, &error.to_string());
         let _ = replies.send(Outgoing::new(out, Vec::new()));
     }
+}
+
+/// Largest READ or WRITE whose first poll the reader makes itself (see [`runs_inline`]):
+/// the size of the small files and replies that latency dominates. Bulk transfers keep a
+/// task per request, so that the copy of 255 KiB overlaps with the reader's decoding on the
+/// other worker.
+const INLINE_DATA_MAX: usize = 64 * 1024;
+
+/// Whether the reader polls this request's task once itself before spawning it. Storage
+/// that answers at once (a stat on tmpfs or from the dentry cache, a small cached read)
+/// then completes in that poll and its reply is queued without the hand-off to a new task,
+/// which is a wake-up and a poll on a worker thread per request: a metadata round trip
+/// (`stat_roundtrip` in benches/session.rs) is mostly such hand-offs. A request that waits
+/// for anything (an earlier request it is ordered after, its READ budget, the blocking
+/// pool) is spawned as it is, having done nothing but register for that wait; only
+/// requests with nothing to wait for are tried, so that the reader does not poll in vain.
+fn runs_inline(request: &Request, deps: &[Done], after: Option<&Done>, held: &Held) -> bool {
+    let small = match request {
+        Request::Read { len, .. } => (*len as usize) <= INLINE_DATA_MAX,
+        Request::Write { data, .. } => data.len() <= INLINE_DATA_MAX,
+        _ => true,
+    };
+    small
+        && deps.iter().all(Done::is_set)
+        && after.is_none_or(Done::is_set)
+        && !matches!(held.read, Some(ReadBudget::Queued(_)))
+}
+
+/// Polls `task` once on the reader's own thread. A task that is not done has registered
+/// its wake-up with whatever it waits for (a noop waker here); the runtime polls it again
+/// once spawned, and every future re-registers with the waker of its latest poll.
+fn poll_once<F: std::future::Future<Output = ()>>(
+    task: std::pin::Pin<&mut F>,
+) -> std::task::Poll<()> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    task.poll(&mut cx)
 }
 
 /// Budget a request holds from the moment the reader admits it.
