@@ -34,6 +34,12 @@ pub struct DirEntry {
 /// Paths are [`VPath`]s: absolute and normalised, with `..` already resolved lexically. The
 /// backend maps them into its own namespace and must keep every access inside it, including
 /// through symlinks and the destinations of rename, link and symlink.
+///
+/// Methods must not block the calling thread on I/O: the server may run the first poll of
+/// a small request on the session's reader, so a method that blocks there delays the
+/// session's next requests too. Blocking system calls belong on a blocking pool
+/// (`tokio::task::spawn_blocking`), unless they are known to return at once (a file in
+/// memory, data already in the page cache).
 #[async_trait::async_trait]
 pub trait Filesystem: Send + Sync + 'static {
     /// Opens (and with `CREAT` creates) a file. `attrs` carries the permissions for a new
@@ -119,7 +125,8 @@ pub trait Filesystem: Send + Sync + 'static {
 }
 
 /// An open file. Reads and writes carry their offset, so several may run at once; the server
-/// never reorders overlapping requests on the same handle.
+/// never reorders overlapping requests on the same handle. Like [`Filesystem`]'s, its
+/// methods must not block the calling thread on I/O.
 #[async_trait::async_trait]
 pub trait File: Send + Sync + 'static {
     /// Reads up to `len` bytes at `offset`, appending them to `buf`; returns how many were

@@ -3,8 +3,9 @@
 //! The session task owns the channel. It runs the factory (step 2) while it watches the
 //! channel for the client leaving, arms the [`ExitGuard`] once the factory returned, then
 //! serves: a reader that keeps draining the channel and decodes requests, one task per
-//! request (ordered by the [`Sequencer`], bounded by semaphores), and a writer that sends the
-//! replies as they complete. Whatever ends the session, it drains, closes every handle,
+//! request (ordered by the [`Sequencer`], bounded by semaphores; a small request that
+//! completes in its first poll, which the reader makes itself, needs none: see
+//! [`runs_inline`]), and a writer that sends the replies as they complete. Whatever ends the session, it drains, closes every handle,
 //! closes the channel and awaits the exit (step 3) exactly once.
 //!
 //! Backpressure: russh adjusts the SSH window as data arrives and blocks the whole
@@ -718,4 +719,85 @@ fn version_packet() -> BytesMut {
     }
     .encode(&mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(read: Option<ReadBudget>) -> Held {
+        let budget = Arc::new(Semaphore::new(1 << 20));
+        Held {
+            outstanding: budget.clone().try_acquire_owned().unwrap(),
+            write: None,
+            read,
+        }
+    }
+
+    fn read(len: u32) -> Request {
+        Request::Read {
+            id: 1,
+            handle: Bytes::from_static(b"h"),
+            offset: 0,
+            len,
+        }
+    }
+
+    fn write(len: usize) -> Request {
+        Request::Write {
+            id: 1,
+            handle: Bytes::from_static(b"h"),
+            offset: 0,
+            data: Bytes::from(vec![0; len]),
+        }
+    }
+
+    fn stat() -> Request {
+        Request::Stat {
+            id: 1,
+            path: Bytes::from_static(b"/"),
+        }
+    }
+
+    #[test]
+    fn only_small_requests_with_nothing_to_wait_for_run_inline() {
+        let max = INLINE_DATA_MAX;
+        // Metadata, and data up to the limit, with nothing before them.
+        assert!(runs_inline(&stat(), &[], None, &held(None)));
+        assert!(runs_inline(&read(max as u32), &[], None, &held(None)));
+        assert!(runs_inline(&write(max), &[], None, &held(None)));
+        // Bulk data keeps its own task.
+        assert!(!runs_inline(&read(max as u32 + 1), &[], None, &held(None)));
+        assert!(!runs_inline(&write(max + 1), &[], None, &held(None)));
+        // An earlier request still running: ordered after it, or replying after it.
+        let running = Done::new();
+        assert!(!runs_inline(&stat(), &[running.clone()], None, &held(None)));
+        assert!(!runs_inline(&read(4096), &[], Some(&running), &held(None)));
+        // Once it has finished, nothing is left to wait for.
+        let finished = Done::new();
+        finished.set();
+        assert!(runs_inline(
+            &stat(),
+            &[finished.clone()],
+            Some(&finished),
+            &held(None)
+        ));
+        // A READ whose reply budget is still queued for waits for it.
+        let empty = Arc::new(Semaphore::new(0));
+        let queued: QueuedPermit = Box::pin(empty.acquire_many_owned(1));
+        assert!(!runs_inline(
+            &read(4096),
+            &[],
+            None,
+            &held(Some(ReadBudget::Queued(queued)))
+        ));
+        let budget = Arc::new(Semaphore::new(4096));
+        let permit = budget.try_acquire_many_owned(4096).unwrap();
+        assert!(runs_inline(
+            &read(4096),
+            &[],
+            None,
+            &held(Some(ReadBudget::Held(permit)))
+        ));
+    }
 }
