@@ -5,8 +5,9 @@
 //! serves: a reader that keeps draining the channel and decodes requests, one task per
 //! request (ordered by the [`Sequencer`], bounded by semaphores; a small request that
 //! completes in its first poll, which the reader makes itself, needs none: see
-//! [`runs_inline`]), and a writer that sends the replies as they complete. Whatever ends the session, it drains, closes every handle,
-//! closes the channel and awaits the exit (step 3) exactly once.
+//! [`runs_inline`]), and a writer that sends the replies as they complete. Whatever ends
+//! the session, it drains, closes every handle, closes the channel and awaits the exit
+//! (step 3) exactly once.
 //!
 //! Backpressure: russh adjusts the SSH window as data arrives and blocks the whole
 //! connection's event loop when a channel's queue is full, so a reader that stops draining
@@ -572,11 +573,13 @@ const INLINE_DATA_MAX: usize = 64 * 1024;
 /// Whether the reader polls this request's task once itself before spawning it. Storage
 /// that answers at once (a stat on tmpfs or from the dentry cache, a small cached read)
 /// then completes in that poll and its reply is queued without the hand-off to a new task,
-/// which is a wake-up and a poll on a worker thread per request: a metadata round trip
-/// (`stat_roundtrip` in benches/session.rs) is mostly such hand-offs. A request that waits
-/// for anything (an earlier request it is ordered after, its READ budget, the blocking
-/// pool) is spawned as it is, having done nothing but register for that wait; only
-/// requests with nothing to wait for are tried, so that the reader does not poll in vain.
+/// which is a wake-up and a poll on a worker thread per request (end to end: stat latency
+/// -3 to -6 %, 8 sessions of 32 KiB uploads -22 % server CPU per GiB; docs/performance.md,
+/// "Tenth run", also on why `stat_roundtrip` in benches/session.rs shows the opposite). A
+/// request that waits for anything (an earlier request it is ordered after, its READ
+/// budget, the blocking pool) is spawned as it is, having done nothing but register for
+/// that wait; only requests with nothing to wait for are tried, so that the reader does
+/// not poll in vain.
 fn runs_inline(request: &Request, deps: &[Done], after: Option<&Done>, held: &Held) -> bool {
     let small = match request {
         Request::Read { len, .. } => (*len as usize) <= INLINE_DATA_MAX,
