@@ -774,14 +774,19 @@ mod tests {
         assert!(!runs_inline(&write(max + 1), &[], None, &held(None)));
         // An earlier request still running: ordered after it, or replying after it.
         let running = Done::new();
-        assert!(!runs_inline(&stat(), &[running.clone()], None, &held(None)));
+        assert!(!runs_inline(
+            &stat(),
+            std::slice::from_ref(&running),
+            None,
+            &held(None)
+        ));
         assert!(!runs_inline(&read(4096), &[], Some(&running), &held(None)));
         // Once it has finished, nothing is left to wait for.
         let finished = Done::new();
         finished.set();
         assert!(runs_inline(
             &stat(),
-            &[finished.clone()],
+            std::slice::from_ref(&finished),
             Some(&finished),
             &held(None)
         ));
