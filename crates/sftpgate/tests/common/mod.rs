@@ -624,8 +624,8 @@ pub fn listening_addr(line: &str) -> Option<SocketAddr> {
 pub struct Interactive {
     pub child: Child,
     stdin: Option<ChildStdin>,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
+    stdout: Collected,
+    stderr: Collected,
 }
 
 impl Interactive {
@@ -671,7 +671,7 @@ impl Interactive {
             &self.stderr
         };
         while Instant::now() < deadline {
-            if buf.lock().expect("output buffer").contains(needle) {
+            if buf.contains(needle) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -680,11 +680,11 @@ impl Interactive {
     }
 
     pub fn stdout(&self) -> String {
-        self.stdout.lock().expect("output buffer").clone()
+        self.stdout.text()
     }
 
     pub fn stderr(&self) -> String {
-        self.stderr.lock().expect("output buffer").clone()
+        self.stderr.text()
     }
 }
 
@@ -698,10 +698,42 @@ impl Drop for Interactive {
     }
 }
 
-fn collect(mut stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
-    let out = Arc::new(Mutex::new(String::new()));
-    let sink = out.clone();
+/// What a child prints on one pipe, collected as it comes by a reader thread.
+pub struct Collected {
+    text: Arc<Mutex<String>>,
+    /// Disconnects when the reader thread has seen EOF.
+    eof: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Collected {
+    /// What has arrived so far.
+    pub fn text(&self) -> String {
+        self.text.lock().expect("output buffer").clone()
+    }
+
+    /// Whether what has arrived so far contains `needle`.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.text.lock().expect("output buffer").contains(needle)
+    }
+
+    /// Everything, once the pipe reached EOF (the writer exited); what arrived within
+    /// `timeout` otherwise. A child's exit does not mean its last lines were read yet: the
+    /// reader thread may still be behind, so a test that checks a log after the exit waits
+    /// here instead of reading the buffer at once.
+    pub fn complete(&self, timeout: Duration) -> String {
+        let eof = self.eof.lock().expect("eof signal");
+        let _ = eof.recv_timeout(timeout);
+        self.text()
+    }
+}
+
+/// Collects what `stream` prints, as it comes.
+pub fn collect(mut stream: impl std::io::Read + Send + 'static) -> Collected {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    let (done, eof) = mpsc::channel::<()>();
     std::thread::spawn(move || {
+        let _done = done;
         let mut buf = [0u8; 4096];
         while let Ok(n @ 1..) = stream.read(&mut buf) {
             sink.lock()
@@ -709,7 +741,10 @@ fn collect(mut stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>
                 .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
-    out
+    Collected {
+        text,
+        eof: Mutex::new(eof),
+    }
 }
 
 /// What a directory tree looks like: every entry below `root` (not following symlinks)

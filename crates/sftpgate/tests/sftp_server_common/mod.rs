@@ -12,11 +12,11 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub use crate::common::{collect, Collected};
 use crate::common::{quote, require, run, wait_timeout, Output, SSH_OPTIONS};
 
 /// The binary under test.
@@ -274,55 +274,6 @@ impl Drop for Piped {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-    }
-}
-
-/// What a child prints on one pipe, collected as it comes by a reader thread.
-pub struct Collected {
-    text: Arc<Mutex<String>>,
-    /// Disconnects when the reader thread has seen EOF.
-    eof: Mutex<mpsc::Receiver<()>>,
-}
-
-impl Collected {
-    /// What has arrived so far.
-    pub fn text(&self) -> String {
-        self.text.lock().expect("output buffer").clone()
-    }
-
-    /// Whether what has arrived so far contains `needle`.
-    pub fn contains(&self, needle: &str) -> bool {
-        self.text.lock().expect("output buffer").contains(needle)
-    }
-
-    /// Everything, once the pipe reached EOF (the writer exited); what arrived within
-    /// `timeout` otherwise. A child's exit does not mean its last lines were read yet: the
-    /// reader thread may still be behind, so a test that checks a log after the exit waits
-    /// here instead of reading the buffer at once.
-    pub fn complete(&self, timeout: Duration) -> String {
-        let eof = self.eof.lock().expect("eof signal");
-        let _ = eof.recv_timeout(timeout);
-        self.text()
-    }
-}
-
-/// Collects what `stream` prints, as it comes.
-pub fn collect(mut stream: impl std::io::Read + Send + 'static) -> Collected {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    let (done, eof) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        let _done = done;
-        let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = stream.read(&mut buf) {
-            sink.lock()
-                .expect("output buffer")
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    Collected {
-        text,
-        eof: Mutex::new(eof),
     }
 }
 
