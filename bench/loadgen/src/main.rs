@@ -638,7 +638,7 @@ impl Sftp {
                     id: first.wrapping_add(k as u32),
                     handle: handle.clone(),
                     offset,
-                    data: ctx.pattern.slice(seed, offset, len),
+                    data: ctx.pattern.slice(seed, offset, len).into(),
                 }
                 .encode(&mut out);
                 while out.len() >= chunk {

@@ -46,7 +46,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use sftpgate_proto::{FileAttributes, OpenFlags, StatvfsReply, UsersGroupsReply};
+use sftpgate_proto::{FileAttributes, OpenFlags, StatvfsReply, UsersGroupsReply, WriteData};
 use sftpgate_vfs::{Dir, EndReason, File, Filesystem, FsError, RenameMode, VPath};
 
 use crate::permissions::{PermissionTable, Permissions};
@@ -316,6 +316,9 @@ impl File for PermissionFile {
     }
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         self.inner.write(offset, data).await
+    }
+    async fn write_data(&self, offset: u64, data: WriteData) -> Result<(), FsError> {
+        self.inner.write_data(offset, data).await
     }
     async fn stat(&self) -> Result<FileAttributes, FsError> {
         self.inner.stat().await

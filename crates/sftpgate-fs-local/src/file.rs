@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use rustix::buffer::spare_capacity;
-use rustix::io::{Errno, IoSliceMut, ReadWriteFlags};
-use sftpgate_proto::{FileAttributes, StatvfsReply};
+use rustix::io::{Errno, IoSlice, IoSliceMut, ReadWriteFlags};
+use sftpgate_proto::{FileAttributes, StatvfsReply, WriteData};
 use sftpgate_vfs::{File, FsError};
 
 use crate::attrs::{self, Target};
@@ -130,22 +130,23 @@ impl File for LocalFile {
     /// `pwrite(2)` until every byte is written. On a file opened with APPEND, Linux's
     /// pwrite appends whatever the offset, as the trait asks.
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
+        self.write_data(offset, data.into()).await
+    }
+
+    /// The pieces as they are, with `pwritev(2)` (one `pwrite` for one piece), until every
+    /// byte is written.
+    async fn write_data(&self, offset: u64, data: WriteData) -> Result<(), FsError> {
         let fd = self.fd()?;
+        // Past the kernel's iovec limit (no WRITE the server gathers comes near it) the
+        // pieces are joined first.
+        let data = if data.chunk_count() > MAX_IOVECS {
+            data.into_bytes().into()
+        } else {
+            data
+        };
         self.write_lane
             .run_sized(data.len(), INLINE_WRITE_MAX, move || {
-                let mut written = 0;
-                while written < data.len() {
-                    let at = offset
-                        .checked_add(written as u64)
-                        .ok_or_else(|| FsError::InvalidInput("write offset overflows".into()))?;
-                    let n = retry_eintr(|| rustix::io::pwrite(&*fd, &data[written..], at))
-                        .map_err(from_errno)?;
-                    if n == 0 {
-                        return Err(FsError::Other("the file accepted no more data".into()));
-                    }
-                    written += n;
-                }
-                Ok(written as u64)
+                write_all_at(&fd, offset, &data)
             })
             .await
             .map(|written| {
@@ -297,6 +298,42 @@ async fn read_pooled(
     let n = chunk.len();
     buf.unsplit(chunk);
     Ok(n)
+}
+
+/// Most pieces one `pwritev(2)` takes here (Linux's `IOV_MAX` is 1024).
+const MAX_IOVECS: usize = 256;
+
+/// Writes every byte of `data` at `offset`: `pwritev(2)` of what is left until done.
+fn write_all_at(fd: &OwnedFd, offset: u64, data: &WriteData) -> Result<u64, FsError> {
+    let total = data.len();
+    let mut written = 0;
+    let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(data.chunk_count());
+    while written < total {
+        let at = offset
+            .checked_add(written as u64)
+            .ok_or_else(|| FsError::InvalidInput("write offset overflows".into()))?;
+        // The pieces from `written` on.
+        iov.clear();
+        let mut skip = written;
+        for piece in data.chunks() {
+            if skip >= piece.len() {
+                skip -= piece.len();
+                continue;
+            }
+            iov.push(IoSlice::new(&piece[skip..]));
+            skip = 0;
+        }
+        let n = match &iov[..] {
+            [one] => retry_eintr(|| rustix::io::pwrite(fd, one, at)),
+            _ => retry_eintr(|| rustix::io::pwritev(fd, &iov, at)),
+        }
+        .map_err(from_errno)?;
+        if n == 0 {
+            return Err(FsError::Other("the file accepted no more data".into()));
+        }
+        written += n;
+    }
+    Ok(written as u64)
 }
 
 fn closed() -> FsError {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use async_nats::Client;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
-use sftpgate_proto::{FileAttributes, OpenFlags, StatvfsReply, UsersGroupsReply};
+use sftpgate_proto::{FileAttributes, OpenFlags, StatvfsReply, UsersGroupsReply, WriteData};
 use sftpgate_server::{Cleanup, ConnectionInfo, HookError, SessionId, SftpContext, SftpFactory};
 use sftpgate_vfs::{Dir, EndReason, File, Filesystem, FsError, RenameMode, VPath};
 
@@ -534,6 +534,12 @@ impl File for CountingFile {
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         let len = data.len() as u64;
         self.inner.write(offset, data).await?;
+        self.stats.bytes_in.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+    async fn write_data(&self, offset: u64, data: WriteData) -> Result<(), FsError> {
+        let len = data.len() as u64;
+        self.inner.write_data(offset, data).await?;
         self.stats.bytes_in.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }

@@ -157,7 +157,7 @@ fn write_stream(size: usize) -> Bytes {
             id: (offset / size as u64) as u32,
             handle: Bytes::from_static(&[0, 0, 0, 1]),
             offset,
-            data: data.clone(),
+            data: data.clone().into(),
         }
         .encode(&mut out);
         offset += size as u64;

@@ -20,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use crate::codec::{Decoder, DEFAULT_MAX_PACKET, FRAME_HEADER_LEN};
 use crate::error::DecodeError;
 use crate::extensions::{LimitsReply, StatvfsReply, UsersGroupsReply};
+use crate::input::RequestInput;
 use crate::packet::{Request, Response};
 
 /// Runs [`check_decode_chunked`] on `data` as requests and as responses, with the default
@@ -31,6 +32,12 @@ pub fn check_decode(data: &[u8]) {
     let bytewise = vec![1; if data.len() <= 4096 { data.len() } else { 0 }];
     for max_packet in [DEFAULT_MAX_PACKET, small_max] {
         let whole = check_decode_chunked(data, &[], max_packet);
+        for min_gather in [1, 16] {
+            check_input(data, &derived, max_packet, min_gather);
+            if !bytewise.is_empty() {
+                check_input(data, &bytewise, max_packet, min_gather);
+            }
+        }
         assert_eq!(
             whole,
             check_decode_chunked(data, &derived, max_packet),
@@ -211,6 +218,56 @@ fn feed<D: Direction>(
         events,
         fatal: None,
         consumed: fed - buf.len(),
+    }
+}
+
+/// Feeds `data` to a [`RequestInput`] in messages of the sizes in `chunks` (as
+/// [`check_decode_chunked`] reads them), gathering WRITEs of at least `min_gather` bytes,
+/// and checks that it yields exactly the requests and errors the plain decoder yields for
+/// the whole input, in order, and stops at the same fatal error.
+pub fn check_input(data: &[u8], chunks: &[usize], max_packet: u32, min_gather: usize) {
+    let mut plain = Vec::new();
+    let mut decoder = Decoder::with_max_packet(max_packet);
+    let mut buf = BytesMut::from(data);
+    loop {
+        match decoder.decode_request(&mut buf) {
+            Ok(None) => break,
+            Ok(Some(request)) => plain.push(Ok(request)),
+            Err(error) => {
+                let fatal = error.is_fatal();
+                plain.push(Err(error));
+                if fatal {
+                    break;
+                }
+            }
+        }
+    }
+    let mut input = RequestInput::new(Decoder::with_max_packet(max_packet), min_gather);
+    let mut got = Vec::new();
+    let mut rest = data;
+    let mut sizes = chunks.iter().map(|n| (*n).max(1));
+    'feed: while !rest.is_empty() {
+        let n = sizes.next().unwrap_or(rest.len()).min(rest.len());
+        let (message, after) = rest.split_at(n);
+        rest = after;
+        input.push(Bytes::copy_from_slice(message));
+        loop {
+            match input.next_request() {
+                Ok(None) => break,
+                Ok(Some(request)) => got.push(Ok(request)),
+                Err(error) => {
+                    let fatal = error.is_fatal();
+                    got.push(Err(error));
+                    if fatal {
+                        break 'feed;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(got, plain, "RequestInput differs from the plain decoder");
+    if !matches!(got.last(), Some(Err(e)) if e.is_fatal()) {
+        assert_eq!(input.buffered(), buf.len(), "bytes left over");
     }
 }
 

@@ -6,7 +6,7 @@
 //! appends to a caller-owned [`bytes::BytesMut`], so a server reuses one buffer per session.
 //!
 //! WRITE and DATA payloads are zero-copy: they are [`bytes::Bytes`] slices of the received
-//! frame. Length fields are checked against the configured maximum before anything is
+//! frame ([`RequestInput`] gathers a large WRITE from the transport's messages as they came). Length fields are checked against the configured maximum before anything is
 //! allocated, and every malformed input is a typed [`DecodeError`] (carrying the request id
 //! whenever it could be read), never a panic.
 //!
@@ -32,18 +32,22 @@ mod error;
 pub mod extensions;
 #[doc(hidden)]
 pub mod fuzzing;
+mod input;
 mod longname;
 mod packet;
 mod status;
 mod wire;
+mod write_data;
 
 pub use attrs::{AttrFlags, FileAttributes, FileType, Owner, Times};
 pub use codec::{append_message, Decoder, DEFAULT_MAX_PACKET, FRAME_HEADER_LEN};
 pub use error::{DecodeError, Malformed};
 pub use extensions::{ExtendedRequest, LimitsReply, StatvfsReply, UsersGroupsReply};
+pub use input::RequestInput;
 pub use longname::{longname, LongnameInfo};
 pub use packet::{
     data_header, encode_data_header, encode_status, NameEntry, OpenFlags, PacketType, Request,
     Response, DATA_HEADER_LEN, REQUEST_NAMES, SFTP_VERSION,
 };
 pub use status::StatusCode;
+pub use write_data::WriteData;

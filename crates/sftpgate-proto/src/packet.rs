@@ -7,6 +7,7 @@ use crate::error::{DecodeError, Malformed};
 use crate::extensions::ExtendedRequest;
 use crate::status::StatusCode;
 use crate::wire::{finish_packet, put_string, start_packet, wire_len, Reader};
+use crate::write_data::WriteData;
 
 /// The protocol version this crate speaks.
 pub const SFTP_VERSION: u32 = 3;
@@ -97,7 +98,7 @@ pub enum Request {
         id: u32,
         handle: Bytes,
         offset: u64,
-        data: Bytes,
+        data: WriteData,
     },
     Lstat {
         id: u32,
@@ -416,7 +417,8 @@ impl Request {
                 out.put_u32(*id);
                 put_string(out, handle);
                 out.put_u64(*offset);
-                put_string(out, data);
+                out.put_u32(wire_len(data.len()));
+                data.put_into(out);
             }
             Request::Lstat { id, path }
             | Request::Opendir { id, path }
@@ -759,7 +761,7 @@ fn decode_request_body(packet_type: u8, id: u32, r: &mut Reader) -> Result<Reque
             id,
             handle: r.string("handle")?,
             offset: r.u64("offset")?,
-            data: r.string("data")?,
+            data: r.string("data")?.into(),
         },
         7 => Request::Lstat {
             id,

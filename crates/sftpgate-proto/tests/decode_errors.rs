@@ -421,7 +421,7 @@ fn write_data_is_zero_copy() {
             id: 1,
             handle: "h".into(),
             offset: 0,
-            data: data.clone(),
+            data: data.clone().into(),
         }
         .encode(out)
     });
@@ -430,6 +430,8 @@ fn write_data_is_zero_copy() {
     else {
         panic!("not a WRITE");
     };
+    assert_eq!(decoded.chunk_count(), 1);
+    let decoded = decoded.into_bytes();
     assert_eq!(decoded, data);
     let inside = decoded.as_ptr_range();
     assert!(
@@ -707,7 +709,7 @@ fn every_request(id: u32) -> Vec<Request> {
             id,
             handle: b("h"),
             offset: 1,
-            data: b("data"),
+            data: b("data").into(),
         },
         Request::Lstat { id, path: b("p") },
         Request::Fstat { id, handle: b("h") },
@@ -876,7 +878,7 @@ fn reserving_ahead_keeps_a_chunked_frame_in_one_allocation() {
             id,
             handle: Bytes::from_static(b"h"),
             offset: 0,
-            data: Bytes::from(vec![id as u8; 255 * 1024]),
+            data: Bytes::from(vec![id as u8; 255 * 1024]).into(),
         }
         .encode(&mut stream);
     }
@@ -920,7 +922,7 @@ fn growing_by_reallocates_once_per_that_many_bytes_not_per_frame() {
             id,
             handle: Bytes::from_static(b"h"),
             offset: 0,
-            data: Bytes::from(vec![id as u8; CHUNK]),
+            data: Bytes::from(vec![id as u8; CHUNK]).into(),
         }
         .encode(&mut stream);
     }
@@ -937,6 +939,7 @@ fn growing_by_reallocates_once_per_that_many_bytes_not_per_frame() {
                     panic!("not a WRITE")
                 };
                 assert_eq!(id, frames);
+                let data = data.into_bytes();
                 assert!(data.iter().all(|b| *b == id as u8));
                 kept.push(data);
                 frames += 1;

@@ -194,7 +194,7 @@ fn write() {
             id: 11,
             handle: Bytes::from_static(&[0, 0, 0, 0]),
             offset: 0,
-            data: Bytes::from_static(HELLO),
+            data: Bytes::from_static(HELLO).into(),
         }
     );
 }

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use sftpgate_proto::extensions::names;
-use sftpgate_proto::fuzzing::check_decode_chunked;
+use sftpgate_proto::fuzzing::{check_decode_chunked, check_input};
 use sftpgate_proto::{
     Decoder, ExtendedRequest, FileAttributes, LimitsReply, NameEntry, OpenFlags, Owner, Request,
     Response, StatusCode, StatvfsReply, Times, UsersGroupsReply, DEFAULT_MAX_PACKET,
@@ -105,6 +105,40 @@ proptest! {
         prop_assert!(buf.is_empty());
         prop_assert_eq!(&decoded, &decode_requests(&wire));
         prop_assert_eq!(decoded, requests);
+    }
+
+    /// Requests read from transport messages (`RequestInput`, gathering WRITEs from the
+    /// messages' buffers) are exactly what the plain decoder reads, whatever the message
+    /// sizes, for valid streams with WRITEs big and small and for damaged ones.
+    #[test]
+    fn request_input_matches_the_decoder_for_any_messages(
+        requests in prop::collection::vec(request(), 1..8),
+        big in prop::collection::vec((any::<u32>(), 0usize..3000), 0..4),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        chunks in chunk_sizes(),
+        min_gather in 1usize..600,
+        max in max_packet(),
+    ) {
+        let mut requests = requests;
+        for (id, len) in big {
+            requests.push(Request::Write {
+                id,
+                handle: Bytes::from_static(b"handle"),
+                offset: u64::from(id),
+                data: Bytes::from(vec![id as u8; len]).into(),
+            });
+        }
+        let wire = requests.iter().fold(BytesMut::new(), |mut out, r| {
+            r.encode(&mut out);
+            out
+        });
+        check_input(&wire, &chunks, max, min_gather);
+        let mut damaged = wire.to_vec();
+        for (at, byte) in &edits {
+            let i = at.index(damaged.len());
+            damaged[i] = *byte;
+        }
+        check_input(&damaged, &chunks, max, min_gather);
     }
 
     #[test]
@@ -350,7 +384,7 @@ fn request() -> impl Strategy<Value = Request> + Clone {
                 id,
                 handle,
                 offset,
-                data,
+                data: data.into(),
             }
         }),
         (id, bytes()).prop_map(|(id, path)| Request::Lstat { id, path }),

@@ -403,7 +403,7 @@ fn writes(handle: &Bytes, first_id: u32, count: u64, base: u64, data: &Bytes) ->
             id: first_id + k as u32,
             handle: handle.clone(),
             offset: base + k * u64::from(CHUNK),
-            data: data.clone(),
+            data: data.clone().into(),
         })
         .collect()
 }

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use sftpgate_proto::{Decoder, RequestInput};
 use sftpgate_vfs::{EndReason, VPath};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
@@ -168,8 +169,13 @@ struct StreamInlet<R> {
 }
 
 impl<R: AsyncRead + Unpin + Send> Inlet for StreamInlet<R> {
+    fn input(&self, decoder: Decoder) -> RequestInput {
+        RequestInput::in_place(decoder)
+    }
+
     /// Reads straight into the session's decode buffer: no copy of the input in between.
-    async fn recv_into(&mut self, input: &mut BytesMut) -> Option<EndReason> {
+    async fn recv_into(&mut self, input: &mut RequestInput) -> Option<EndReason> {
+        let input = input.buffer_mut();
         input.reserve(READ_CHUNK);
         // Cancel-safe: if another branch wins, nothing was read.
         match self.reader.read_buf(input).await {

@@ -81,7 +81,7 @@ async fn pipelined_writes_then_reads() {
             id: 1000 + i as u32,
             handle: handle.clone(),
             offset: (i * CHUNK) as u64,
-            data: Bytes::from(chunk(i)),
+            data: Bytes::from(chunk(i)).into(),
         });
     }
     for i in 0..64 {
@@ -190,7 +190,7 @@ async fn overlapping_read_waits_for_the_earlier_write() {
             id: 1,
             handle: handle.clone(),
             offset: 0,
-            data: Bytes::from_static(b"fresh data"),
+            data: Bytes::from_static(b"fresh data").into(),
         },
         Request::Read {
             id: 2,

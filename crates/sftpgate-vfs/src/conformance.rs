@@ -30,7 +30,7 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
-use sftpgate_proto::{FileAttributes, FileType, OpenFlags, StatusCode, Times};
+use sftpgate_proto::{FileAttributes, FileType, OpenFlags, StatusCode, Times, WriteData};
 
 use crate::{File, Filesystem, FsError, RenameMode, VPath};
 
@@ -94,6 +94,7 @@ pub async fn run_all(fs: &dyn Filesystem) {
 /// Runs every check the profile allows, one after the other, on one (initially empty) root.
 pub async fn run_profile(fs: &dyn Filesystem, profile: &Profile) {
     create_read_write(fs).await;
+    write_in_pieces(fs).await;
     exclusive_create(fs).await;
     truncate_on_open(fs).await;
     read_past_eof(fs).await;
@@ -146,6 +147,37 @@ pub async fn create_read_write(fs: &dyn Filesystem) {
     let attrs = fs.stat(&path).await.expect("stat");
     assert_eq!(attrs.size, Some(data.len() as u64), "size after write");
     assert_eq!(attrs.file_type(), Some(FileType::Regular), "type of a file");
+}
+
+/// WRITEs whose data is in pieces (`File::write_data`, what the server calls): pieces of
+/// odd sizes, and one WRITE in more pieces than one `pwritev(2)` takes; read back whole.
+pub async fn write_in_pieces(fs: &dyn Filesystem) {
+    let dir = scratch(fs, "write_in_pieces").await;
+    let path = name(&dir, "p.bin");
+    let data = pattern(70_000, 11);
+    let file = create(fs, &path).await;
+    let pieces = |bytes: &[u8], sizes: &mut dyn Iterator<Item = usize>| {
+        let mut out = WriteData::default();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let n = sizes.next().unwrap_or(rest.len()).clamp(1, rest.len());
+            out.push(Bytes::copy_from_slice(&rest[..n]));
+            rest = &rest[n..];
+        }
+        out
+    };
+    // 40,000 bytes in pieces of 1, 7, 1000, 32768 and the rest.
+    let first = pieces(&data[..40_000], &mut [1, 7, 1000, 32_768].into_iter());
+    assert_eq!(first.chunk_count(), 5);
+    file.write_data(0, first).await.expect("write in pieces");
+    // 30,000 bytes in 3,000 pieces of 10.
+    let second = pieces(&data[40_000..], &mut std::iter::repeat(10));
+    assert_eq!(second.chunk_count(), 3_000);
+    file.write_data(40_000, second)
+        .await
+        .expect("write in many pieces");
+    file.close().await.expect("close after write");
+    assert_eq!(read_all(fs, &path).await, data, "content read back");
 }
 
 /// CREAT|EXCL on an existing file fails with FAILURE (EEXIST) and leaves it alone.

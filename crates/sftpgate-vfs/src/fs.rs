@@ -1,7 +1,7 @@
 //! The storage traits: a session's [`Filesystem`], its open [`File`]s and [`Dir`]s.
 
 use bytes::{Bytes, BytesMut};
-use sftpgate_proto::{FileAttributes, OpenFlags, StatvfsReply, UsersGroupsReply};
+use sftpgate_proto::{FileAttributes, OpenFlags, StatvfsReply, UsersGroupsReply, WriteData};
 
 use crate::error::FsError;
 use crate::path::VPath;
@@ -139,6 +139,17 @@ pub trait File: Send + Sync + 'static {
 
     /// Writes all of `data` at `offset` (ignored for files opened with `APPEND`).
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError>;
+
+    /// Writes all of `data`, which may be in several pieces, at `offset`, as
+    /// [`File::write`]; the server calls this one. By default the pieces are joined into one
+    /// buffer (a copy when there are several) for [`File::write`]. A backend that can write
+    /// pieces as they are (`pwritev(2)`) overrides it, and so does a wrapper, forwarding to
+    /// the file it wraps: a large WRITE arrives in the pieces of the SSH messages it came in
+    /// (see `sftpgate_proto::RequestInput`), and joining them is a copy of every byte
+    /// uploaded.
+    async fn write_data(&self, offset: u64, data: WriteData) -> Result<(), FsError> {
+        self.write(offset, data.into_bytes()).await
+    }
 
     /// The open file's attributes.
     async fn stat(&self) -> Result<FileAttributes, FsError>;

@@ -240,7 +240,7 @@ impl Dispatcher {
                     ));
                 }
                 let n = data.len() as u64;
-                file.file.write(offset, data).await?;
+                file.file.write_data(offset, data).await?;
                 file.written.fetch_add(n, Ordering::Relaxed);
                 self.stats.bytes_in.fetch_add(n, Ordering::Relaxed);
                 self.metrics.bytes_in.increment(n);

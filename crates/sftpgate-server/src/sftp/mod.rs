@@ -32,7 +32,7 @@ use futures_util::FutureExt as _;
 use russh::server::Msg;
 use russh::Channel;
 use sftpgate_proto::{
-    encode_status, DecodeError, Decoder, Request, Response, StatusCode, SFTP_VERSION,
+    encode_status, DecodeError, Decoder, Request, RequestInput, Response, StatusCode, SFTP_VERSION,
 };
 use sftpgate_vfs::{EndReason, Filesystem, VPath};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -166,7 +166,12 @@ where
     let timeouts = &config.timeouts;
 
     // Step 2: the factory, cancelled if the client leaves or the server shuts down.
-    let mut early = BytesMut::new();
+    // Input comes in channel messages of at most CHANNEL_MAX_PACKET bytes (the SSH
+    // server's; a stream's reads are no bigger than the room reserved).
+    let decoder = Decoder::with_max_packet(config.limits.max_packet)
+        .reserving_ahead(CHANNEL_MAX_PACKET as usize)
+        .growing_by(INPUT_GROWTH);
+    let mut early = inlet.input(decoder);
     let mut cleanup = Cleanup::tracked(tracker.clone());
     let started = Instant::now();
     let outcome = {
@@ -192,7 +197,7 @@ where
             tokio::select! {
                 result = &mut open => break FactoryOutcome::Finished(result),
                 () = shutdown.cancelled() => break FactoryOutcome::Left(EndReason::Shutdown),
-                end = inlet.recv_into(&mut early), if early.len() < MAX_EARLY_BYTES => {
+                end = inlet.recv_into(&mut early), if early.buffered() < MAX_EARLY_BYTES => {
                     if let Some(reason) = end {
                         break FactoryOutcome::Left(reason);
                     }
@@ -362,7 +367,7 @@ impl Serving {
         &self,
         inlet: &mut I,
         outlet: &Arc<O>,
-        mut input: BytesMut,
+        mut input: RequestInput,
     ) -> EndReason {
         let limits = &self.config.limits;
         let budgets = Budgets {
@@ -388,16 +393,11 @@ impl Serving {
         let mut writer_task = tokio_util::task::AbortOnDropHandle::new(writer_task);
         let mut tasks = JoinSet::new();
         let mut sequencer = Sequencer::default();
-        // Input comes in channel messages of at most CHANNEL_MAX_PACKET bytes (the SSH
-        // server's; a stream's reads are no bigger than the room reserved).
-        let mut decoder = Decoder::with_max_packet(limits.max_packet)
-            .reserving_ahead(CHANNEL_MAX_PACKET as usize)
-            .growing_by(INPUT_GROWTH);
 
         let reason = 'session: loop {
             // Serve everything already buffered.
             loop {
-                let request = match decoder.decode_request(&mut input) {
+                let request = match input.next_request() {
                     Ok(Some(request)) => request,
                     Ok(None) => break,
                     Err(e) if e.is_fatal() => {
@@ -751,7 +751,7 @@ mod tests {
             id: 1,
             handle: Bytes::from_static(b"h"),
             offset: 0,
-            data: Bytes::from(vec![0; len]),
+            data: Bytes::from(vec![0; len]).into(),
         }
     }
 

@@ -312,7 +312,7 @@ mod tests {
                 id: 1,
                 handle: Bytes::new(),
                 offset: 0,
-                data: Bytes::new(),
+                data: Bytes::new().into(),
             });
             session.count_request(write, StatusCode::NoSuchFile);
             session.count_request(write, StatusCode::NoSuchFile);

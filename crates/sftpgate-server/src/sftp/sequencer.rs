@@ -411,7 +411,7 @@ mod tests {
             id: 1,
             handle: Bytes::from_static(b"h"),
             offset,
-            data: Bytes::from_static(b"x"),
+            data: Bytes::from_static(b"x").into(),
         };
         let a = Access::of(&req(0), |_| true);
         let b = Access::of(&req(100), |_| true);

@@ -4,10 +4,10 @@
 
 use std::future::Future;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use russh::server::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
-use sftpgate_proto::append_message;
+use sftpgate_proto::{Decoder, RequestInput};
 use sftpgate_vfs::EndReason;
 use tokio::sync::watch;
 
@@ -16,12 +16,22 @@ use super::END_REASON_WAIT;
 /// The client-to-server byte stream. `recv_into` must be cancel-safe: the session selects
 /// on it.
 pub(crate) trait Inlet: Send {
-    /// Appends the next bytes the client sent to `input` (the session's decode buffer, so
-    /// that a transport that can read in place copies nothing); `Some(reason)` when the
-    /// stream has ended instead.
-    fn recv_into(&mut self, input: &mut BytesMut)
-        -> impl Future<Output = Option<EndReason>> + Send;
+    /// Where this transport's bytes wait to be decoded: one that gathers large WRITEs from
+    /// the transport's messages, or one that the transport reads into in place.
+    fn input(&self, decoder: Decoder) -> RequestInput;
+
+    /// Adds the next bytes the client sent to `input` (made by [`Inlet::input`]);
+    /// `Some(reason)` when the stream has ended instead.
+    fn recv_into(
+        &mut self,
+        input: &mut RequestInput,
+    ) -> impl Future<Output = Option<EndReason>> + Send;
 }
+
+/// Least data of a WRITE that is gathered from the SSH messages it arrives in rather than
+/// copied into the decode buffer (see `sftpgate_proto::RequestInput`): the OpenSSH client's
+/// 32 KiB WRITEs and bigger ones. Smaller ones cost little to copy.
+const GATHER_MIN: usize = 16 * 1024;
 
 /// The server-to-client byte stream.
 pub(crate) trait Outlet: Send + Sync + 'static {
@@ -44,11 +54,15 @@ pub(crate) struct ChannelInlet {
 }
 
 impl Inlet for ChannelInlet {
-    async fn recv_into(&mut self, input: &mut BytesMut) -> Option<EndReason> {
+    fn input(&self, decoder: Decoder) -> RequestInput {
+        RequestInput::new(decoder, GATHER_MIN)
+    }
+
+    async fn recv_into(&mut self, input: &mut RequestInput) -> Option<EndReason> {
         loop {
             match self.reader.wait().await {
                 Some(ChannelMsg::Data { data }) => {
-                    append_message(input, data);
+                    input.push(data);
                     return None;
                 }
                 Some(ChannelMsg::Eof) => return Some(EndReason::ClientEof),

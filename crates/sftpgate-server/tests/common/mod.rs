@@ -1192,7 +1192,7 @@ impl SftpChannel {
             id,
             handle: handle.clone(),
             offset,
-            data: Bytes::copy_from_slice(data),
+            data: Bytes::copy_from_slice(data).into(),
         };
         expect_ok(self.request(request).await)
     }
