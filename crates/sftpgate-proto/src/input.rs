@@ -115,9 +115,18 @@ impl RequestInput {
         RequestInput::new(decoder, usize::MAX)
     }
 
-    /// Bytes taken in and not yet returned as requests.
+    /// Bytes taken in and not yet returned as requests (WRITE data and undecoded bytes):
+    /// what a caller bounds when it takes input without decoding it yet.
     pub fn buffered(&self) -> usize {
-        self.buf.len() + self.gathering.as_ref().map_or(0, Gathering::len)
+        let ready: usize = self
+            .ready
+            .iter()
+            .map(|request| match request {
+                Request::Write { data, .. } => data.len(),
+                _ => 0,
+            })
+            .sum();
+        ready + self.buf.len() + self.gathering.as_ref().map_or(0, Gathering::len)
     }
 
     /// The decode buffer, for a transport that reads into it in place. Only for an input
@@ -281,6 +290,14 @@ mod tests {
             got.extend(drain(&mut input));
         }
         assert_eq!(got.len(), 2);
+        // Taken in without decoding, a complete gathered WRITE still counts as buffered.
+        let mut held = RequestInput::new(Decoder::new(), 16 * 1024);
+        for message in wire.chunks(32_768) {
+            held.push(Bytes::copy_from_slice(message));
+        }
+        assert_eq!(held.buffered(), wire.len() - 4 - 1 - 4 - 4 - 2 - 8 - 4);
+        assert_eq!(drain(&mut held).len(), 2);
+        assert_eq!(held.buffered(), 0);
         let Request::Write { id: 1, data, .. } = &got[0] else {
             panic!("not the first WRITE");
         };
