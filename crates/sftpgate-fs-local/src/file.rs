@@ -87,7 +87,7 @@ impl LocalFile {
         }
     }
 
-    fn fd(&self) -> Result<Arc<OwnedFd>, FsError> {
+    pub(crate) fn fd(&self) -> Result<Arc<OwnedFd>, FsError> {
         self.fd
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

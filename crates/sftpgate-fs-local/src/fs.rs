@@ -362,8 +362,10 @@ fn open(
         _ => return Err(not_regular()),
     }
     // Harmless on regular files for most filesystems, but some (FUSE, network) honour it.
-    let status = rustix::fs::fcntl_getfl(&fd).map_err(from_errno)?;
-    rustix::fs::fcntl_setfl(&fd, status - OFlags::NONBLOCK).map_err(from_errno)?;
+    // F_SETFL sets only APPEND, ASYNC, DIRECT, NOATIME and NONBLOCK (fcntl(2)), and of
+    // those the file was opened with APPEND at most: no F_GETFL needed (one system call
+    // less per OPEN).
+    rustix::fs::fcntl_setfl(&fd, os & OFlags::APPEND).map_err(from_errno)?;
     let in_memory = jail.in_memory(&fd, st.st_dev);
     Ok(Some(LocalFile::new(
         fd,
@@ -525,6 +527,31 @@ mod tests {
         let fd = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
             .expect("open tempdir");
         rename_no_replace_fallback(fd.as_fd(), from.as_bytes(), fd.as_fd(), to.as_bytes())
+    }
+
+    /// OPEN clears the O_NONBLOCK it opened with (one F_SETFL) and keeps O_APPEND.
+    #[test]
+    fn opened_files_are_blocking_and_keep_append() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("f"), b"x").expect("write");
+        let jail = Jail::open_root(dir.path()).expect("jail");
+        let path = VPath::parse(b"/f").expect("path");
+        for (flags, append) in [
+            (OpenFlags::READ, false),
+            (OpenFlags::WRITE | OpenFlags::APPEND, true),
+            (OpenFlags::READ | OpenFlags::WRITE, false),
+        ] {
+            let file = open(&jail, &path, flags, None, Resolve::Anywhere)
+                .expect("open")
+                .expect("on the root's filesystem");
+            let status = rustix::fs::fcntl_getfl(&*file.fd().expect("fd")).expect("getfl");
+            assert!(!status.contains(OFlags::NONBLOCK), "{flags:?}: {status:?}");
+            assert_eq!(
+                status.contains(OFlags::APPEND),
+                append,
+                "{flags:?}: {status:?}"
+            );
+        }
     }
 
     #[test]

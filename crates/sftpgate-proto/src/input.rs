@@ -33,7 +33,7 @@ pub struct RequestInput {
     /// (a gathering only starts when `buf` is empty, and while it runs `buf` stays empty).
     /// Usually one; two when a message completes one and starts another that a later
     /// message completes before the caller has taken the first.
-    ready: VecDeque<Request>,
+    ready: VecDeque<Ready>,
     /// Least data a WRITE must carry to be gathered; `usize::MAX`: never.
     min_gather: usize,
 }
@@ -51,6 +51,15 @@ struct Gathering {
     offset: u64,
     data: Pieces,
     missing: usize,
+    /// Bytes of the frame before the data (taken off the input when gathering began).
+    header_len: usize,
+}
+
+/// A complete gathered WRITE and the bytes of input its frame took.
+#[derive(Debug)]
+struct Ready {
+    request: Request,
+    frame_len: usize,
 }
 
 #[derive(Debug)]
@@ -76,21 +85,26 @@ impl Gathering {
         }
     }
 
-    fn len(&self) -> usize {
-        match &self.data {
-            Pieces::Shared(data) => data.len(),
-            Pieces::Joined(joined) => joined.len(),
-        }
+    /// Bytes of input taken so far: the header and the data that has arrived.
+    fn taken(&self) -> usize {
+        self.header_len
+            + match &self.data {
+                Pieces::Shared(data) => data.len(),
+                Pieces::Joined(joined) => joined.len(),
+            }
     }
 
-    fn finish(self) -> Request {
-        Request::Write {
-            id: self.id,
-            handle: self.handle,
-            offset: self.offset,
-            data: match self.data {
-                Pieces::Shared(data) => data,
-                Pieces::Joined(joined) => joined.freeze().into(),
+    fn finish(self) -> Ready {
+        Ready {
+            frame_len: self.taken(),
+            request: Request::Write {
+                id: self.id,
+                handle: self.handle,
+                offset: self.offset,
+                data: match self.data {
+                    Pieces::Shared(data) => data,
+                    Pieces::Joined(joined) => joined.freeze().into(),
+                },
             },
         }
     }
@@ -115,18 +129,12 @@ impl RequestInput {
         RequestInput::new(decoder, usize::MAX)
     }
 
-    /// Bytes taken in and not yet returned as requests (WRITE data and undecoded bytes):
-    /// what a caller bounds when it takes input without decoding it yet.
+    /// Bytes taken in and not yet returned as requests: what a caller bounds when it
+    /// takes input without decoding it yet. The same count as the plain decoder's buffer
+    /// for the same input.
     pub fn buffered(&self) -> usize {
-        let ready: usize = self
-            .ready
-            .iter()
-            .map(|request| match request {
-                Request::Write { data, .. } => data.len(),
-                _ => 0,
-            })
-            .sum();
-        ready + self.buf.len() + self.gathering.as_ref().map_or(0, Gathering::len)
+        let ready: usize = self.ready.iter().map(|r| r.frame_len).sum();
+        ready + self.buf.len() + self.gathering.as_ref().map_or(0, Gathering::taken)
     }
 
     /// The decode buffer, for a transport that reads into it in place. Only for an input
@@ -159,8 +167,8 @@ impl RequestInput {
     /// The next whole request, in the order the client sent them; `Ok(None)` when more
     /// input is needed. Errors as [`Decoder::decode_request`].
     pub fn next_request(&mut self) -> Result<Option<Request>, DecodeError> {
-        if let Some(request) = self.ready.pop_front() {
-            return Ok(Some(request));
+        if let Some(ready) = self.ready.pop_front() {
+            return Ok(Some(ready.request));
         }
         if self.gathering.is_some() {
             return Ok(None);
@@ -189,6 +197,7 @@ impl RequestInput {
             offset: head.offset,
             data: Pieces::Shared(WriteData::default()),
             missing: head.data_len,
+            header_len: head.header_len,
         };
         gathering.push(std::mem::take(bytes));
         self.gathering = Some(gathering);
@@ -295,7 +304,7 @@ mod tests {
         for message in wire.chunks(32_768) {
             held.push(Bytes::copy_from_slice(message));
         }
-        assert_eq!(held.buffered(), wire.len() - 4 - 1 - 4 - 4 - 2 - 8 - 4);
+        assert_eq!(held.buffered(), wire.len());
         assert_eq!(drain(&mut held).len(), 2);
         assert_eq!(held.buffered(), 0);
         let Request::Write { id: 1, data, .. } = &got[0] else {
@@ -365,6 +374,21 @@ mod tests {
         let mut plain = BytesMut::from(&wire[..]);
         let expected = Decoder::new().decode_request(&mut plain).unwrap();
         assert!(expected.as_ref() == Some(&got[0]));
+    }
+
+    /// Found by the `decode` fuzz target: a gathered WRITE's header counts as buffered.
+    #[test]
+    fn fuzz_regression_buffered_counts_the_header_of_a_gathered_write() {
+        let data = [
+            0, 0, 0, 41, 6, 0, 0, 47, 11, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            16, 104, 101, 108, 138, 138, 138, 138, 255, 112, 103, 97, 116, 101, 10,
+        ];
+        crate::fuzzing::check_decode(&data);
+        let mut input = RequestInput::new(Decoder::new(), 1);
+        input.push(Bytes::copy_from_slice(&data));
+        assert!(input.next_request().unwrap().is_none());
+        assert!(input.gathering.is_some());
+        assert_eq!(input.buffered(), data.len());
     }
 
     #[test]
