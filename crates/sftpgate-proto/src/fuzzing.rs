@@ -229,45 +229,44 @@ pub fn check_input(data: &[u8], chunks: &[usize], max_packet: u32, min_gather: u
     let mut plain = Vec::new();
     let mut decoder = Decoder::with_max_packet(max_packet);
     let mut buf = BytesMut::from(data);
-    loop {
-        match decoder.decode_request(&mut buf) {
-            Ok(None) => break,
-            Ok(Some(request)) => plain.push(Ok(request)),
-            Err(error) => {
-                let fatal = error.is_fatal();
-                plain.push(Err(error));
-                if fatal {
-                    break;
-                }
-            }
-        }
-    }
+    take_requests(|| decoder.decode_request(&mut buf), &mut plain);
     let mut input = RequestInput::new(Decoder::with_max_packet(max_packet), min_gather);
     let mut got = Vec::new();
     let mut rest = data;
     let mut sizes = chunks.iter().map(|n| (*n).max(1));
-    'feed: while !rest.is_empty() {
+    while !rest.is_empty() {
         let n = sizes.next().unwrap_or(rest.len()).min(rest.len());
         let (message, after) = rest.split_at(n);
         rest = after;
         input.push(Bytes::copy_from_slice(message));
-        loop {
-            match input.next_request() {
-                Ok(None) => break,
-                Ok(Some(request)) => got.push(Ok(request)),
-                Err(error) => {
-                    let fatal = error.is_fatal();
-                    got.push(Err(error));
-                    if fatal {
-                        break 'feed;
-                    }
-                }
-            }
+        if take_requests(|| input.next_request(), &mut got) {
+            break;
         }
     }
     assert_eq!(got, plain, "RequestInput differs from the plain decoder");
     if !matches!(got.last(), Some(Err(e)) if e.is_fatal()) {
         assert_eq!(input.buffered(), buf.len(), "bytes left over");
+    }
+}
+
+/// Takes requests and errors from `next` into `out` until it needs more input (`false`) or
+/// returns a fatal error (`true`).
+fn take_requests(
+    mut next: impl FnMut() -> Result<Option<Request>, DecodeError>,
+    out: &mut Vec<Result<Request, DecodeError>>,
+) -> bool {
+    loop {
+        match next() {
+            Ok(None) => return false,
+            Ok(Some(request)) => out.push(Ok(request)),
+            Err(error) => {
+                let fatal = error.is_fatal();
+                out.push(Err(error));
+                if fatal {
+                    return true;
+                }
+            }
+        }
     }
 }
 

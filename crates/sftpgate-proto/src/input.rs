@@ -158,8 +158,11 @@ impl RequestInput {
         if message.is_empty() {
             return;
         }
-        if self.buf.is_empty() && self.gather(&mut message) {
-            return;
+        if self.buf.is_empty() {
+            if let Some(head) = gatherable(&message, self.decoder.max_packet(), self.min_gather) {
+                self.gather(head, message);
+                return;
+            }
         }
         append_message(&mut self.buf, message);
     }
@@ -175,21 +178,17 @@ impl RequestInput {
         }
         // A WRITE at the front that is not whole yet is gathered from here on (before the
         // decoder would reserve room for all of it in `buf`).
-        if gatherable(&self.buf, self.decoder.max_packet(), self.min_gather).is_some() {
-            let mut rest = self.buf.split().freeze();
-            let started = self.gather(&mut rest);
-            debug_assert!(started && rest.is_empty());
+        if let Some(head) = gatherable(&self.buf, self.decoder.max_packet(), self.min_gather) {
+            let bytes = self.buf.split().freeze();
+            self.gather(head, bytes);
             return Ok(None);
         }
         self.decoder.decode_request(&mut self.buf)
     }
 
-    /// Starts gathering the WRITE at the front of `bytes` if it is one to gather, taking
-    /// all of `bytes` (its header and the data so far).
-    fn gather(&mut self, bytes: &mut Bytes) -> bool {
-        let Some(head) = gatherable(bytes, self.decoder.max_packet(), self.min_gather) else {
-            return false;
-        };
+    /// Starts gathering the WRITE whose header `head` (see [`gatherable`]) starts `bytes`;
+    /// all of `bytes` is its header and the data so far.
+    fn gather(&mut self, head: WriteHead, mut bytes: Bytes) {
         bytes.advance(head.header_len);
         let mut gathering = Gathering {
             id: head.id,
@@ -199,9 +198,8 @@ impl RequestInput {
             missing: head.data_len,
             header_len: head.header_len,
         };
-        gathering.push(std::mem::take(bytes));
+        gathering.push(bytes);
         self.gathering = Some(gathering);
-        true
     }
 }
 
