@@ -29,7 +29,11 @@ fn seal_both(key: &[u8; KEY_LEN], seq: u32, plain: &[u8]) -> (Vec<u8>, [u8; TAG_
 
     assert_eq!(ours, theirs, "ciphertext differs from aws-lc's (seq {seq})");
     assert_eq!(our_tag, their_tag, "tag differs from aws-lc's (seq {seq})");
-    assert_ne!(&ours[PACKET_LENGTH_LEN..], &plain[PACKET_LENGTH_LEN..]);
+    // The payload was really encrypted: a body of 16 bytes or more comes out the same only
+    // with probability 2^-128 (a shorter one may, by chance, and an empty one always does).
+    if plain.len() >= PACKET_LENGTH_LEN + 16 {
+        assert_ne!(&ours[PACKET_LENGTH_LEN..], &plain[PACKET_LENGTH_LEN..]);
+    }
     (ours, our_tag)
 }
 
