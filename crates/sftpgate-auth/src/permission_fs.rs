@@ -314,6 +314,9 @@ impl File for PermissionFile {
     async fn read(&self, offset: u64, len: u32, buf: &mut BytesMut) -> Result<usize, FsError> {
         self.inner.read(offset, len, buf).await
     }
+    fn read_len_hint(&self, offset: u64, len: u32) -> Option<u32> {
+        self.inner.read_len_hint(offset, len)
+    }
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         self.inner.write(offset, data).await
     }

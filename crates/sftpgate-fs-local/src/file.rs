@@ -127,6 +127,14 @@ impl File for LocalFile {
         read_pooled(&self.lane, fd, offset, len, buf).await
     }
 
+    /// What is left of the size this handle last saw (at open, after its writes, from a
+    /// read's fstat): what [`LocalFile::read_len`] would ask the kernel for, short of a file
+    /// that grew since (then 0 at its old end, and the read finds out).
+    fn read_len_hint(&self, offset: u64, len: u32) -> Option<u32> {
+        let known = self.known_size.load(Ordering::Relaxed);
+        Some(u32::try_from(known.saturating_sub(offset)).map_or(len, |left| len.min(left)))
+    }
+
     /// `pwrite(2)` until every byte is written. On a file opened with APPEND, Linux's
     /// pwrite appends whatever the offset, as the trait asks.
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {

@@ -531,6 +531,9 @@ impl File for CountingFile {
         self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
+    fn read_len_hint(&self, offset: u64, len: u32) -> Option<u32> {
+        self.inner.read_len_hint(offset, len)
+    }
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         let len = data.len() as u64;
         self.inner.write(offset, data).await?;

@@ -98,6 +98,7 @@ pub async fn run_profile(fs: &dyn Filesystem, profile: &Profile) {
     exclusive_create(fs).await;
     truncate_on_open(fs).await;
     read_past_eof(fs).await;
+    read_len_hint(fs).await;
     file_stat(fs).await;
     mkdir_rmdir(fs).await;
     remove(fs).await;
@@ -322,6 +323,40 @@ pub async fn read_past_eof(fs: &dyn Filesystem) {
         .await
         .must_fail("read of an empty file must be EOF");
     assert_status(&err, StatusCode::Eof, "read of an empty file");
+    file.close().await.expect("close");
+}
+
+/// `File::read_len_hint`, where a backend gives one, bounds what a read of a file nobody
+/// changes returns (a short read may return less), and is 0 exactly where the read is EOF.
+pub async fn read_len_hint(fs: &dyn Filesystem) {
+    let dir = scratch(fs, "read_len_hint").await;
+    let path = name(&dir, "h");
+    let data = pattern(10_000, 3);
+    write_file(fs, &path, &data).await;
+    let file = open_read(fs, &path).await;
+    for (offset, len) in [
+        (0, 261_120),
+        (0, 4096),
+        (9_000, 4096),
+        (10_000, 100),
+        (1 << 40, 10),
+    ] {
+        let Some(hint) = file.read_len_hint(offset, len) else {
+            continue;
+        };
+        let mut buf = BytesMut::new();
+        let got = match file.read(offset, len, &mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                assert_status(&e, StatusCode::Eof, "read for the hint");
+                0
+            }
+        };
+        assert!(
+            got <= hint as usize && (got == 0) == (hint == 0),
+            "read_len_hint({offset}, {len}) of a 10,000-byte file is {hint}, the read got {got}"
+        );
+    }
     file.close().await.expect("close");
 }
 

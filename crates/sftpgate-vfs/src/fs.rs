@@ -137,6 +137,18 @@ pub trait File: Send + Sync + 'static {
     /// places the buffer so that the copy of file data into it is fast.
     async fn read(&self, offset: u64, len: u32, buf: &mut BytesMut) -> Result<usize, FsError>;
 
+    /// The most bytes a read of `len` at `offset` is expected to return (0: EOF), if the
+    /// backend can tell without I/O (a local file: from the size its handle last saw); `None` if it
+    /// cannot. Only a hint for where the server runs the read: one expected to move little
+    /// is done in place by the session's reader instead of on a task of its own (OpenSSH's
+    /// client asks for 255 KiB of every file, a 4 KiB one too, and once more at its end). A
+    /// wrong hint costs only that choice: the reply is what [`File::read`] returns. Must not
+    /// block.
+    fn read_len_hint(&self, offset: u64, len: u32) -> Option<u32> {
+        let _ = (offset, len);
+        None
+    }
+
     /// Writes all of `data` at `offset` (ignored for files opened with `APPEND`).
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError>;
 

@@ -404,6 +404,11 @@ impl File for MemoryFile {
         Ok(end - start)
     }
 
+    fn read_len_hint(&self, offset: u64, len: u32) -> Option<u32> {
+        let size = lock(&self.data.bytes).len() as u64;
+        Some(u32::try_from(size.saturating_sub(offset)).map_or(len, |left| len.min(left)))
+    }
+
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         if !self.flags.intersects(OpenFlags::WRITE | OpenFlags::APPEND) {
             return Err(FsError::PermissionDenied);

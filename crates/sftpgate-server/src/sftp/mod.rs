@@ -429,7 +429,16 @@ impl Serving {
                 };
                 let access = Access::of(&request, |h| self.dispatcher.handles.is_append(h));
                 let (done, deps, after) = sequencer.admit(access);
-                let inline = runs_inline(&request, &deps, after.as_ref(), &held);
+                let read_hint = match &request {
+                    Request::Read {
+                        handle,
+                        offset,
+                        len,
+                        ..
+                    } => self.dispatcher.handles.read_len_hint(handle, *offset, *len),
+                    _ => None,
+                };
+                let inline = runs_inline(&request, read_hint, &deps, after.as_ref(), &held);
                 let task = request_task(RequestTask {
                     request,
                     deps,
@@ -579,10 +588,20 @@ const INLINE_DATA_MAX: usize = 64 * 1024;
 /// request that waits for anything (an earlier request it is ordered after, its READ
 /// budget, the blocking pool) is spawned as it is, having done nothing but register for
 /// that wait; only requests with nothing to wait for are tried, so that the reader does
-/// not poll in vain.
-fn runs_inline(request: &Request, deps: &[Done], after: Option<&Done>, held: &Held) -> bool {
+/// not poll in vain. A READ counts by what the backend expects it to return (`read_hint`,
+/// see `File::read_len_hint`), not by what it asks for: OpenSSH's client asks for 255 KiB
+/// of every file, and of a small file gets a few KiB and then EOF, which are as quick as a
+/// stat (`get -r` of 2,000 x 4 KiB: the READs were the only requests handed to a task, each
+/// a wake-up of the other worker; docs/performance.md, "Twelfth run").
+fn runs_inline(
+    request: &Request,
+    read_hint: Option<u32>,
+    deps: &[Done],
+    after: Option<&Done>,
+    held: &Held,
+) -> bool {
     let small = match request {
-        Request::Read { len, .. } => (*len as usize) <= INLINE_DATA_MAX,
+        Request::Read { len, .. } => read_hint.unwrap_or(*len) as usize <= INLINE_DATA_MAX,
         Request::Write { data, .. } => data.len() <= INLINE_DATA_MAX,
         _ => true,
     };
@@ -766,26 +785,40 @@ mod tests {
     fn only_small_requests_with_nothing_to_wait_for_run_inline() {
         let max = INLINE_DATA_MAX;
         // Metadata, and data up to the limit, with nothing before them.
-        assert!(runs_inline(&stat(), &[], None, &held(None)));
-        assert!(runs_inline(&read(max as u32), &[], None, &held(None)));
-        assert!(runs_inline(&write(max), &[], None, &held(None)));
+        assert!(runs_inline(&stat(), None, &[], None, &held(None)));
+        assert!(runs_inline(&read(max as u32), None, &[], None, &held(None)));
+        assert!(runs_inline(&write(max), None, &[], None, &held(None)));
         // Bulk data keeps its own task.
-        assert!(!runs_inline(&read(max as u32 + 1), &[], None, &held(None)));
-        assert!(!runs_inline(&write(max + 1), &[], None, &held(None)));
+        assert!(!runs_inline(
+            &read(max as u32 + 1),
+            None,
+            &[],
+            None,
+            &held(None)
+        ));
+        assert!(!runs_inline(&write(max + 1), None, &[], None, &held(None)));
         // An earlier request still running: ordered after it, or replying after it.
         let running = Done::new();
         assert!(!runs_inline(
             &stat(),
+            None,
             std::slice::from_ref(&running),
             None,
             &held(None)
         ));
-        assert!(!runs_inline(&read(4096), &[], Some(&running), &held(None)));
+        assert!(!runs_inline(
+            &read(4096),
+            None,
+            &[],
+            Some(&running),
+            &held(None)
+        ));
         // Once it has finished, nothing is left to wait for.
         let finished = Done::new();
         finished.set();
         assert!(runs_inline(
             &stat(),
+            None,
             std::slice::from_ref(&finished),
             Some(&finished),
             &held(None)
@@ -795,6 +828,7 @@ mod tests {
         let queued: QueuedPermit = Box::pin(empty.acquire_many_owned(1));
         assert!(!runs_inline(
             &read(4096),
+            None,
             &[],
             None,
             &held(Some(ReadBudget::Queued(queued)))
@@ -803,9 +837,49 @@ mod tests {
         let permit = budget.try_acquire_many_owned(4096).unwrap();
         assert!(runs_inline(
             &read(4096),
+            None,
             &[],
             None,
             &held(Some(ReadBudget::Held(permit)))
+        ));
+    }
+
+    #[test]
+    fn a_large_read_expected_to_return_little_runs_inline() {
+        let max = INLINE_DATA_MAX as u32;
+        // OpenSSH's 255 KiB READ of a 4 KiB file, and the one at its end.
+        assert!(runs_inline(
+            &read(261_120),
+            Some(4096),
+            &[],
+            None,
+            &held(None)
+        ));
+        assert!(runs_inline(&read(261_120), Some(0), &[], None, &held(None)));
+        assert!(runs_inline(
+            &read(261_120),
+            Some(max),
+            &[],
+            None,
+            &held(None)
+        ));
+        // Of a large file, or of a backend that cannot tell: its own task.
+        assert!(!runs_inline(
+            &read(261_120),
+            Some(max + 1),
+            &[],
+            None,
+            &held(None)
+        ));
+        assert!(!runs_inline(&read(261_120), None, &[], None, &held(None)));
+        // The hint changes nothing about waiting for earlier requests.
+        let running = Done::new();
+        assert!(!runs_inline(
+            &read(261_120),
+            Some(4096),
+            &[],
+            Some(&running),
+            &held(None)
         ));
     }
 }
