@@ -640,6 +640,41 @@ impl Encrypted {
         Ok(())
     }
 
+    /// Sends `frame` as one CHANNEL_DATA packet sealed in the frame's own buffer, or as
+    /// [`Self::data_with_writer`] would where that cannot be done in order and in one
+    /// packet (sftpgate, see [`crate::DataFrame`]).
+    pub fn data_frame_with_writer(
+        &mut self,
+        writer: &mut PacketWriter,
+        channel: ChannelId,
+        frame: crate::DataFrame,
+        is_rekeying: bool,
+    ) -> Result<(), crate::Error> {
+        let len = frame.len();
+        let in_place = self.write.is_empty()
+            && !is_rekeying
+            && self.channels.get(&channel).is_some_and(|c| {
+                c.confirmed
+                    && c.pending_data.is_empty()
+                    && len > 0
+                    && len <= c.recipient_window_size as usize
+                    && len <= c.recipient_maximum_packet_size as usize
+            });
+        if !in_place {
+            return self.data_with_writer(writer, channel, frame.into_bytes(), is_rekeying);
+        }
+        let Some(c) = self.channels.get_mut(&channel) else {
+            return Ok(());
+        };
+        match writer.write_data_frame(c.recipient_channel, frame) {
+            Ok(()) => {
+                c.recipient_window_size -= len as u32;
+                Ok(())
+            }
+            Err(frame) => self.data_with_writer(writer, channel, frame.into_bytes(), is_rekeying),
+        }
+    }
+
     #[allow(dead_code)]
     pub fn extended_data(
         &mut self,

@@ -397,6 +397,9 @@ pub(crate) struct PacketWriter {
     compress: Compress,
     packet_buffer: Vec<u8>,
     write_buffer: SSHBuffer,
+    /// sftpgate: sealed packets not yet written, in order, once a packet has been sealed in
+    /// its own buffer (`write_data_frame`); `write_buffer` holds the packets after them.
+    segments: std::collections::VecDeque<Bytes>,
 }
 
 impl Debug for PacketWriter {
@@ -420,6 +423,7 @@ impl PacketWriter {
             compress,
             packet_buffer: Vec::new(),
             write_buffer: SSHBuffer::new(),
+            segments: std::collections::VecDeque::new(),
         }
     }
 
@@ -582,6 +586,55 @@ impl PacketWriter {
         Ok(packet)
     }
 
+    /// sftpgate: seals one CHANNEL_DATA packet for `recipient_channel` around `frame`'s
+    /// data, in the frame's own buffer, and queues it after the packets already sealed:
+    /// the same bytes on the wire as [`Self::write_packet`] with the data copied in, and
+    /// the same sequence number and byte count. Gives the frame back, untouched in its
+    /// data, where that cannot be done (compression, or no room around the data).
+    #[allow(clippy::indexing_slicing)] // room checked first
+    pub(crate) fn write_data_frame(
+        &mut self,
+        recipient_channel: u32,
+        mut frame: crate::DataFrame,
+    ) -> Result<(), crate::DataFrame> {
+        if !matches!(&self.compress, Compress::None) || !frame.has_head_room() {
+            return Err(frame);
+        }
+        let data_len = frame.len();
+        let payload_len = 1 + 4 + 4 + data_len;
+        let head = frame.start - crate::DataFrame::HEAD_ROOM;
+        let payload_start = head + Self::PACKET_PREFIX_LEN;
+        let payload_end = payload_start + payload_len;
+        let buf = &mut frame.buf;
+        let padding_length = self.cipher.padding_length(&buf[payload_start..payload_end]);
+        let tag_len = self.cipher.tag_len();
+        if padding_length + tag_len > buf.capacity() - buf.len() {
+            return Err(frame);
+        }
+        let packet_length = 1 + payload_len + padding_length;
+        buf[head..head + 4].copy_from_slice(&(packet_length as u32).to_be_bytes());
+        buf[head + 4] = padding_length as u8;
+        buf[payload_start] = crate::msg::CHANNEL_DATA;
+        buf[payload_start + 1..payload_start + 5].copy_from_slice(&recipient_channel.to_be_bytes());
+        buf[payload_start + 5..payload_start + 9].copy_from_slice(&(data_len as u32).to_be_bytes());
+        debug!("> msg type {:?}, len {payload_len} (sealed in place)", crate::msg::CHANNEL_DATA);
+        // Within the capacity checked above: no reallocation, the data stays where it is.
+        buf.resize(payload_end + padding_length + tag_len, 0);
+        self.cipher
+            .fill_padding(&mut buf[payload_end..payload_end + padding_length]);
+        let (plaintext, tag) = buf[head..].split_at_mut(cipher::PACKET_LENGTH_LEN + packet_length);
+        self.cipher.seal(self.write_buffer.seqn.0, plaintext, tag);
+        self.write_buffer.bytes += payload_len;
+        self.write_buffer.seqn += Wrapping(1);
+
+        if !self.write_buffer.buffer.is_empty() {
+            let before = std::mem::take(&mut self.write_buffer.buffer);
+            self.segments.push_back(Bytes::from(before));
+        }
+        self.segments.push_back(frame.buf.freeze().slice(head..));
+        Ok(())
+    }
+
     pub fn buffer(&mut self) -> &mut SSHBuffer {
         &mut self.write_buffer
     }
@@ -608,11 +661,53 @@ impl PacketWriter {
     }
 
     pub async fn flush_into<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
+        if !self.segments.is_empty() {
+            return self.flush_segments_into(w).await;
+        }
         if !self.write_buffer.buffer.is_empty() {
             w.write_all(&self.write_buffer.buffer).await?;
             w.flush().await?;
             self.write_buffer.buffer.clear();
         }
         Ok(())
+    }
+
+    /// sftpgate: writes the queued segments, then `write_buffer`, with vectored writes.
+    async fn flush_segments_into<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+    ) -> std::io::Result<()> {
+        use bytes::Buf;
+        const MAX_SLICES: usize = 64;
+        if !self.write_buffer.buffer.is_empty() {
+            let rest = std::mem::take(&mut self.write_buffer.buffer);
+            self.segments.push_back(Bytes::from(rest));
+        }
+        while !self.segments.is_empty() {
+            let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (slice, segment) in slices.iter_mut().zip(self.segments.iter()) {
+                *slice = std::io::IoSlice::new(segment);
+                count += 1;
+            }
+            #[allow(clippy::indexing_slicing)] // count <= MAX_SLICES
+            let mut written = w.write_vectored(&slices[..count]).await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while written > 0 {
+                let Some(front) = self.segments.front_mut() else {
+                    break;
+                };
+                if written < front.len() {
+                    front.advance(written);
+                    written = 0;
+                } else {
+                    written -= front.len();
+                    self.segments.pop_front();
+                }
+            }
+        }
+        w.flush().await
     }
 }

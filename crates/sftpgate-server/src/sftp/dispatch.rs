@@ -17,6 +17,7 @@ use sftpgate_vfs::{Filesystem, FsError, RenameMode, VPath};
 
 use super::handles::{DirHandle, FileHandle, Handle, HandleTable};
 use super::request_metrics::SessionMetrics;
+use super::transport::PACKET_TAIL_ROOM;
 use super::writer::REPLY_HEADROOM;
 use crate::config::{Limits, RequestPolicy};
 use crate::events::{Event, EventSink, FileOp};
@@ -52,9 +53,12 @@ pub(crate) const EXTENSIONS: &[(&str, &str)] = &[
 /// that: 0.39-0.45 s of `pread` per GiB from tmpfs against 0.12-0.16 s with the offsets
 /// congruent (2 vCPU AMD EPYC; see docs/performance.md, "Seventh run"). russh's copy of the
 /// reply into its packet buffer (14 bytes into a packet) got faster with it.
-fn data_reply_buffer(offset: u64, len: usize) -> (BytesMut, usize) {
+pub(super) fn data_reply_buffer(offset: u64, len: usize) -> (BytesMut, usize) {
     const ALIGN: usize = 64;
-    let mut out = BytesMut::with_capacity(REPLY_HEADROOM + ALIGN - 1 + DATA_HEADER_LEN + len);
+    // PACKET_TAIL_ROOM after the data: SSH's padding and MAC, sealed in place (`writer`).
+    let mut out = BytesMut::with_capacity(
+        REPLY_HEADROOM + ALIGN - 1 + DATA_HEADER_LEN + len + PACKET_TAIL_ROOM,
+    );
     let data_at = out.as_ptr() as usize + REPLY_HEADROOM + DATA_HEADER_LEN;
     // Both below ALIGN, so the cast and the sum cannot overflow.
     let want = (offset % ALIGN as u64) as usize;
@@ -686,6 +690,12 @@ mod tests {
                     data_at % 64,
                     (offset % 64) as usize,
                     "offset {offset}, len {len}"
+                );
+                // And SSH can seal its packet behind the data without moving it.
+                assert!(
+                    out.capacity() - out.len() >= PACKET_TAIL_ROOM,
+                    "offset {offset}, len {len}: {} spare",
+                    out.capacity() - out.len()
                 );
             }
         }

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use russh::server::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use sftpgate_proto::{Decoder, RequestInput};
@@ -33,10 +33,26 @@ pub(crate) trait Inlet: Send {
 /// 32 KiB WRITEs and bigger ones. Smaller ones cost little to copy.
 const GATHER_MIN: usize = 16 * 1024;
 
+/// Room an SSH channel packet needs in front of its data to be sealed where the data lies
+/// (russh, patched: vendor/README.md).
+pub(crate) const PACKET_HEAD_ROOM: usize = russh::DataFrame::HEAD_ROOM;
+/// Spare capacity it needs after the data (padding and MAC).
+pub(crate) const PACKET_TAIL_ROOM: usize = russh::DataFrame::TAIL_ROOM;
+
 /// The server-to-client byte stream.
 pub(crate) trait Outlet: Send + Sync + 'static {
     /// Sends reply bytes; an error means the client is gone.
     fn send(&self, bytes: Bytes) -> impl Future<Output = Result<(), String>> + Send;
+    /// Sends the reply bytes `buf[start..]` from a buffer with room around them (at least
+    /// [`PACKET_HEAD_ROOM`] bytes in front, [`PACKET_TAIL_ROOM`] of spare capacity after) in
+    /// which the transport may build and seal its packet instead of copying the bytes.
+    fn send_in_place(
+        &self,
+        buf: BytesMut,
+        start: usize,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        self.send(buf.freeze().slice(start..))
+    }
     /// Tells the client why its session will not start, then ends the stream.
     fn refuse(&self, message: &str) -> impl Future<Output = ()> + Send;
     /// Ends the stream after the last reply.
@@ -97,6 +113,15 @@ impl Outlet for ChannelOutlet {
     async fn send(&self, bytes: Bytes) -> Result<(), String> {
         self.writer
             .data_bytes(bytes)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// russh seals a reply that fits one packet where it lies (a 32 KiB READ's, packed by
+    /// the writer): no copy into its output buffer. Others it copies, as `send`.
+    async fn send_in_place(&self, buf: BytesMut, start: usize) -> Result<(), String> {
+        self.writer
+            .data_frame(russh::DataFrame::new(buf, start))
             .await
             .map_err(|e| e.to_string())
     }

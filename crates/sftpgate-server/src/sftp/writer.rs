@@ -12,6 +12,11 @@
 //! that many bytes (the tail grows by 13 with each reply of a chain) instead of a packet.
 //! The tail waits for the next reply only while other requests are still running, and at
 //! most [`TAIL_HOLD`]; otherwise it goes out at once.
+//!
+//! A reply that is one whole packet then goes to SSH in its own buffer, with room in front
+//! and spare capacity behind (`Outlet::send_in_place`): russh writes the packet's header,
+//! padding and MAC around the data and seals it there, so the data of a READ is copied only
+//! by the kernel (into the buffer, and out to the socket).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,16 +25,17 @@ use bytes::BytesMut;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::transport::Outlet;
+use super::transport::{Outlet, PACKET_HEAD_ROOM};
 use NoReply::{Closed, Idle};
 
 /// Replies smaller than this are gathered into one channel write with their neighbours.
 const SMALL_REPLY: usize = 16 * 1024;
 /// Upper bound of one gathered write.
 const COALESCE_LIMIT: usize = 256 * 1024;
-/// Room in front of a READ's reply that the writer may fill with what precedes the reply:
-/// a chain of up to 39 32 KiB replies (13 bytes more tail each) before a short packet. Small
-/// enough that a 255 KiB READ's buffer stays in its allocator size class.
+/// Room in front of a READ's reply that the writer may fill with what precedes the reply,
+/// less the [`PACKET_HEAD_ROOM`] that SSH keeps to build the packet there: a chain of up to
+/// 38 32 KiB replies (13 bytes more tail each) before a short packet. Small enough that a
+/// 255 KiB READ's buffer stays in its allocator size class.
 pub(crate) const REPLY_HEADROOM: usize = 512;
 /// Longest a reply's tail waits for the next reply.
 const TAIL_HOLD: Duration = Duration::from_millis(1);
@@ -125,10 +131,11 @@ pub(crate) async fn run<O: Outlet>(
             }
             continue;
         }
-        // Large replies (DATA) go out from their own buffer: no copy. What precedes them
-        // goes into their room, else out first.
+        // Large replies (DATA) go out from their own buffer: no copy, and SSH seals the packet
+        // of one that fits a packet in that buffer too. What precedes them goes into their
+        // room, else out first.
         if !pending.is_empty() {
-            if packet.is_some() && pending.len() <= start {
+            if packet.is_some() && pending.len() + PACKET_HEAD_ROOM <= start {
                 let at = start - pending.len();
                 buf[at..start].copy_from_slice(&pending);
                 start = at;
@@ -137,15 +144,19 @@ pub(crate) async fn run<O: Outlet>(
                 flush(&*channel, &mut pending, &mut held).await?;
             }
         }
-        let bytes = buf.freeze().slice(start..);
-        let tail = packet.map_or(0, |m| bytes.len() % m);
-        let cut = if tail <= REPLY_HEADROOM && tail < bytes.len() {
-            bytes.len() - tail
+        // The reply now (with what went into its room). Its tail is at most what leaves the
+        // next reply room for its packet's header.
+        let len = buf.len() - start;
+        let tail = packet.map_or(0, |m| len % m);
+        let cut = if tail <= REPLY_HEADROOM - PACKET_HEAD_ROOM && tail < len {
+            len - tail
         } else {
-            bytes.len()
+            len
         };
-        channel.send(bytes.slice(..cut)).await?;
-        pending.extend_from_slice(&bytes[cut..]);
+        // Out of the buffer before the packet is sealed over it.
+        pending.extend_from_slice(&buf[start + cut..]);
+        buf.truncate(start + cut);
+        channel.send_in_place(buf, start).await?;
         tail_only = !pending.is_empty();
         drop(hold);
         held.clear();
@@ -176,6 +187,7 @@ mod tests {
 
     use bytes::Bytes;
 
+    use super::super::transport::PACKET_TAIL_ROOM;
     use super::*;
 
     /// Records what the writer sends.
@@ -183,12 +195,20 @@ mod tests {
     struct Recorder {
         packet: Option<usize>,
         sent: Mutex<Vec<Bytes>>,
+        /// Of each send in place: the room in front of the bytes, and the spare capacity
+        /// behind them.
+        rooms: Mutex<Vec<(usize, usize)>>,
     }
 
     impl Outlet for Recorder {
         async fn send(&self, bytes: Bytes) -> Result<(), String> {
             self.sent.lock().unwrap().push(bytes);
             Ok(())
+        }
+        async fn send_in_place(&self, buf: BytesMut, start: usize) -> Result<(), String> {
+            let spare = buf.capacity() - buf.len();
+            self.rooms.lock().unwrap().push((start, spare));
+            self.send(buf.freeze().slice(start..)).await
         }
         async fn refuse(&self, _: &str) {}
         async fn finish(&self) {}
@@ -223,6 +243,15 @@ mod tests {
         replies: Vec<Outgoing>,
         unanswered: usize,
     ) -> Vec<Bytes> {
+        write_all_rooms(packet, replies, unanswered).await.0
+    }
+
+    /// As `write_all`, with the rooms of the sends in place.
+    async fn write_all_rooms(
+        packet: Option<usize>,
+        replies: Vec<Outgoing>,
+        unanswered: usize,
+    ) -> (Vec<Bytes>, Vec<(usize, usize)>) {
         let outlet = Arc::new(Recorder {
             packet,
             ..Default::default()
@@ -243,7 +272,53 @@ mod tests {
         };
         run(outlet.clone(), rx, unanswered).await.unwrap();
         let sent = outlet.sent.lock().unwrap().clone();
-        sent
+        let rooms = outlet.rooms.lock().unwrap().clone();
+        (sent, rooms)
+    }
+
+    #[tokio::test]
+    async fn whole_packets_leave_room_for_ssh_to_seal_them_in_place() {
+        const M: usize = 32_768;
+        // READ replies as the dispatcher builds them (room in front, spare capacity
+        // behind), with small replies between them and a chain of tails long enough to
+        // fill most of the room.
+        let mut shape = Vec::new();
+        let mut replies = Vec::new();
+        for i in 0..48u8 {
+            let (mut buf, start) = super::super::dispatch::data_reply_buffer(i as u64, M);
+            buf.resize(start + M + 13, i);
+            shape.push((M + 13, i));
+            replies.push(Outgoing {
+                buf,
+                start,
+                hold: Vec::new(),
+            });
+            if i % 5 == 0 {
+                shape.push((30, 200 + i));
+                replies.push(reply(30, 200 + i, 0));
+            }
+        }
+        let (sent, rooms) = write_all_rooms(Some(M), replies, 0).await;
+        let stream: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(
+            stream,
+            expected(&shape),
+            "the byte stream is the replies in order"
+        );
+        assert_eq!(rooms.len(), 48, "every DATA reply is sent in place");
+        for (i, &(front, behind)) in rooms.iter().enumerate() {
+            assert!(
+                front >= PACKET_HEAD_ROOM,
+                "send {i}: {front} bytes in front"
+            );
+            assert!(
+                behind >= PACKET_TAIL_ROOM,
+                "send {i}: {behind} bytes behind"
+            );
+        }
+        // All whole packets but the one cut short by a tail that outgrew the room.
+        let whole = sent.iter().filter(|b| b.len() == M).count();
+        assert!(whole >= 46, "{whole} whole packets of {}", sent.len());
     }
 
     #[tokio::test]

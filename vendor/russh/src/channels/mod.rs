@@ -12,6 +12,9 @@ pub mod io;
 mod channel_ref;
 pub use channel_ref::ChannelRef;
 
+mod frame;
+pub use frame::DataFrame;
+
 mod channel_stream;
 pub use channel_stream::ChannelStream;
 
@@ -30,6 +33,10 @@ pub enum ChannelMsg {
     ExtendedData {
         data: Bytes,
         ext: u32,
+    },
+    /// Outgoing channel data sealed in its own buffer where it can be (sftpgate).
+    DataFrame {
+        frame: DataFrame,
     },
     Eof,
     Close,
@@ -329,6 +336,30 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> ChannelWriteHalf<
         self.send_bytes(None, data.into()).await
     }
 
+    /// Send data that the session may seal in its own buffer, without copying it (see
+    /// [`DataFrame`]). Data larger than one packet or the peer's window is sent as by
+    /// [`Self::data_bytes`].
+    pub async fn data_frame(&self, frame: DataFrame) -> Result<(), Error> {
+        let len = frame.len();
+        if len == 0 {
+            return Ok(());
+        }
+        if len > self.max_packet_size as usize {
+            return self.send_bytes(None, frame.into_bytes()).await;
+        }
+        let writable = self.reserve_writable_chunk(len).await?;
+        if writable == len {
+            return self.send_msg(ChannelMsg::DataFrame { frame }).await;
+        }
+        // Part of the window is open: that part now, the rest as the window opens.
+        let data = frame.into_bytes();
+        self.send_msg(ChannelMsg::Data {
+            data: data.slice(..writable),
+        })
+        .await?;
+        self.send_bytes(None, data.slice(writable..)).await
+    }
+
     /// Send data to a channel. The number of bytes added to the
     /// "sending pipeline" (to be processed by the event loop) is
     /// returned.
@@ -618,6 +649,11 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
     /// Send owned bytes to a channel without copying them into the `AsyncWrite` path.
     pub async fn data_bytes(&self, data: impl Into<Bytes>) -> Result<(), Error> {
         self.write_half.data_bytes(data).await
+    }
+
+    /// See [`ChannelWriteHalf::data_frame`].
+    pub async fn data_frame(&self, frame: DataFrame) -> Result<(), Error> {
+        self.write_half.data_frame(frame).await
     }
 
     /// Send data to a channel. The number of bytes added to the

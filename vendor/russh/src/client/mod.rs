@@ -1700,6 +1700,9 @@ impl Session {
                 language_tag,
             } => self.disconnect(reason, &description, &language_tag)?,
             Msg::Channel(id, ChannelMsg::Data { data }) => self.data(id, data)?,
+            Msg::Channel(id, ChannelMsg::DataFrame { frame }) => {
+                self.data(id, frame.into_bytes())?
+            }
             Msg::Channel(id, ChannelMsg::Eof) => {
                 self.eof(id)?;
             }

@@ -500,6 +500,9 @@ impl Session {
             Msg::Channel(id, ChannelMsg::Data { data }) => {
                 self.data(id, data)?;
             }
+            Msg::Channel(id, ChannelMsg::DataFrame { frame }) => {
+                self.data_frame(id, frame)?;
+            }
             Msg::Channel(id, ChannelMsg::ExtendedData { ext, data }) => {
                 self.extended_data(id, ext, data)?;
             }
@@ -1176,6 +1179,18 @@ impl Session {
         let common = &mut self.common;
         if let Some(enc) = common.encrypted.as_mut() {
             enc.data_with_writer(&mut common.packet_writer, channel, data, is_rekeying)
+        } else {
+            unreachable!()
+        }
+    }
+
+    /// Send data to a channel, sealed in its own buffer where it can be (see
+    /// [`crate::DataFrame`]).
+    pub fn data_frame(&mut self, channel: ChannelId, frame: crate::DataFrame) -> Result<(), Error> {
+        let is_rekeying = self.kex.active();
+        let common = &mut self.common;
+        if let Some(enc) = common.encrypted.as_mut() {
+            enc.data_frame_with_writer(&mut common.packet_writer, channel, frame, is_rekeying)
         } else {
             unreachable!()
         }
