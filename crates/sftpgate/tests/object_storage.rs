@@ -20,6 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{assert_same_file, pseudo_random, Fixture, Server, SSH_OPTIONS, USER};
+
+/// Longest one rclone command may run (a copy of 41 files takes seconds).
+const RCLONE_TIMEOUT: Duration = Duration::from_secs(180);
 use sftpgate_fs_object::object_store::path::Path as Key;
 use sftpgate_fs_object::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sftpgate_fs_object::S3Settings;
@@ -154,21 +157,16 @@ impl S3 {
             return None;
         }
         let s = &self.settings;
-        let out = Command::new("rclone")
-            .args(["backend", "list-multipart-uploads"])
+        let mut cmd = Command::new("rclone");
+        cmd.args(["backend", "list-multipart-uploads"])
             // A CA bundle set for the machine's proxy breaks rclone's S3 client (and the
             // endpoint is plain HTTP on loopback anyway).
             .env_remove("AWS_CA_BUNDLE")
             .arg(format!("garage:{}", s.bucket))
-            .envs(rclone_s3_env(s))
-            .output()
-            .expect("running rclone");
-        assert!(
-            out.status.success(),
-            "rclone: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
+            .envs(rclone_s3_env(s));
+        let out = common::run(&mut cmd, RCLONE_TIMEOUT);
+        assert!(out.status.success(), "rclone: {}", out.stderr);
+        let text = &out.stdout;
         Some(
             text.split("\"Key\":")
                 .skip(1)
@@ -420,8 +418,8 @@ fn rclone_copies_a_tree_through_sftpgate() {
     }
     std::fs::write(tree.join("big"), pseudo_random(12 << 20, 99)).unwrap();
     let rclone = |args: &[&str]| {
-        let out = Command::new("rclone")
-            .args(args)
+        let mut cmd = Command::new("rclone");
+        cmd.args(args)
             .env("RCLONE_CONFIG_SG_TYPE", "sftp")
             .env("RCLONE_CONFIG_SG_HOST", "127.0.0.1")
             .env("RCLONE_CONFIG_SG_PORT", server.port.to_string())
@@ -431,13 +429,14 @@ fn rclone_copies_a_tree_through_sftpgate() {
             .env("RCLONE_CONFIG_SG_SET_MODTIME", "false")
             .env("RCLONE_CONFIG_SG_KNOWN_HOSTS_FILE", "")
             .env("RCLONE_CONFIG_SG_DISABLE_HASHCHECK", "true")
-            .env("RCLONE_CONFIG_SG_SHELL_TYPE", "none")
-            .output()
-            .expect("running rclone");
+            .env("RCLONE_CONFIG_SG_SHELL_TYPE", "none");
+        // Bounded: rclone retries a server that has gone away for a long time, and the
+        // test should fail, not hang.
+        let out = common::run(&mut cmd, RCLONE_TIMEOUT);
         assert!(
             out.status.success(),
             "rclone {args:?} failed\n{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
+            out.stderr,
             server.stderr()
         );
     };

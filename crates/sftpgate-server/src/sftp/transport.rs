@@ -43,9 +43,10 @@ pub(crate) const PACKET_TAIL_ROOM: usize = russh::DataFrame::TAIL_ROOM;
 pub(crate) trait Outlet: Send + Sync + 'static {
     /// Sends reply bytes; an error means the client is gone.
     fn send(&self, bytes: Bytes) -> impl Future<Output = Result<(), String>> + Send;
-    /// Sends the reply bytes `buf[start..]` from a buffer with room around them (at least
-    /// [`PACKET_HEAD_ROOM`] bytes in front, [`PACKET_TAIL_ROOM`] of spare capacity after) in
-    /// which the transport may build and seal its packet instead of copying the bytes.
+    /// Sends the reply bytes `buf[start..]`. Where the buffer has room around them (at least
+    /// [`PACKET_HEAD_ROOM`] bytes in front, [`PACKET_TAIL_ROOM`] of spare capacity after),
+    /// the transport may build and seal its packet there instead of copying the bytes; the
+    /// bytes before `start` and the spare capacity may be overwritten.
     fn send_in_place(
         &self,
         buf: BytesMut,
