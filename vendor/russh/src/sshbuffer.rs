@@ -387,7 +387,9 @@ impl PacketBytesWriter {
 /// Uses Vec<u8> (not CryptoVec/mlocked) because incoming network data is not secret.
 #[derive(Debug)]
 pub(crate) struct IncomingSshPacket {
-    pub buffer: Vec<u8>,
+    /// sftpgate: `Bytes`, so that the server takes the read buffer over instead of copying
+    /// the packet out of it, and hands CHANNEL_DATA on as slices.
+    pub buffer: Bytes,
     pub seqn: Wrapping<u32>,
 }
 

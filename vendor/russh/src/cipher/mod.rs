@@ -298,16 +298,15 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     cipher: &mut (dyn OpeningKey + Send),
 ) -> Result<usize, Error> {
     if buffer.len == 0 {
-        let mut len = vec![0; cipher.packet_length_to_read_for_block_length()];
+        let mut probe = vec![0; cipher.packet_length_to_read_for_block_length()];
 
-        stream.read_exact(&mut len).await?;
-        trace!("reading, len = {len:?}");
+        stream.read_exact(&mut probe).await?;
+        trace!("reading, len = {probe:?}");
         {
             let seqn = buffer.seqn.0;
             buffer.buffer.clear();
-            buffer.buffer.extend_from_slice(&len);
             trace!("reading, seqn = {seqn:?}");
-            let len = cipher.decrypt_packet_length(seqn, &len);
+            let len = cipher.decrypt_packet_length(seqn, &probe);
             let len = BigEndian::read_u32(&len) as usize;
 
             if len > MAXIMUM_PACKET_LEN {
@@ -328,16 +327,33 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
 
             buffer.len = len + cipher.tag_len();
             trace!("reading, clear len = {:?}", buffer.len);
+            // sftpgate: room for the whole packet at once (the server takes each packet's
+            // buffer over, so this is usually a new allocation).
+            buffer.buffer.reserve(buffer.len + 4);
+            buffer.buffer.extend_from_slice(&probe);
         }
     }
 
-    buffer.buffer.resize(buffer.len + 4, 0);
-    trace!("read_exact {:?}", buffer.len + 4);
+    let target = buffer.len + 4;
+    trace!("read_exact {target:?}");
 
     let l = cipher.packet_length_to_read_for_block_length();
 
-    #[allow(clippy::indexing_slicing)] // length checked
-    stream.read_exact(&mut buffer.buffer[l..]).await?;
+    // sftpgate: the rest of the packet read into the buffer's spare capacity, which is not
+    // zero-filled first (upstream resizes with zeros and reads over them: a memset of
+    // every packet). `buffer.buffer` holds the `l` bytes of the length probe; `target >= l`
+    // (checked above).
+    buffer.buffer.resize(l, 0);
+    buffer.buffer.reserve(target.saturating_sub(l));
+    while buffer.buffer.len() < target {
+        let want = target - buffer.buffer.len();
+        let read = stream
+            .read_buf(&mut bytes::BufMut::limit(&mut buffer.buffer, want))
+            .await?;
+        if read == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
 
     trace!("read_exact done");
     let seqn = buffer.seqn.0;
