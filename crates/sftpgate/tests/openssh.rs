@@ -258,10 +258,10 @@ fn every_offered_cipher_round_trips_with_openssh() {
     drop(data);
 
     // Every cipher; with the CTR ciphers, every MAC (their tags differ in size and in what
-    // they cover); and compression, under which replies are copied instead. `-B 32768`:
-    // 32 KiB READs, whose replies the server seals in their own buffers (vendor/README.md);
-    // without it the client asks for 255 KiB, whose replies are copied into several packets
-    // (the other tests here).
+    // they cover); and compression, under which replies are copied instead. Downloaded
+    // twice: with `-B 32768` (32 KiB READs, each reply one packet sealed in its own buffer,
+    // vendor/README.md) and with the client's default (255 KiB READs, whose replies russh
+    // copies into eight packets: the other path, under every cipher and MAC too).
     let mut cases: Vec<(String, Vec<String>)> = [
         "chacha20-poly1305@openssh.com",
         "aes128-gcm@openssh.com",
@@ -307,6 +307,23 @@ fn every_offered_cipher_round_trips_with_openssh() {
         assert_same_file(
             &local.join("cipher.bin"),
             &fx.user_root(USER).join("cipher.bin"),
+        );
+        assert_same_file(&local.join("cipher.bin"), &local.join(&back));
+        // The client's default READ size: 255 KiB.
+        args.truncate(args.len() - 2);
+        let back = format!("back-default-{cipher}.bin");
+        let out = fx.sftp_with(
+            &local,
+            &server,
+            USER,
+            &format!("get cipher.bin {back}\n"),
+            common::SFTP_TIMEOUT,
+            &args,
+        );
+        assert!(
+            out.status.success(),
+            "{cipher}, 255 KiB READs: the download failed\n{}",
+            out.show()
         );
         assert_same_file(&local.join("cipher.bin"), &local.join(&back));
     }
