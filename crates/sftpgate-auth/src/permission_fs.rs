@@ -162,7 +162,10 @@ impl Filesystem for PermissionFs {
             self.require(path, Permissions::DOWNLOAD)?;
         }
         let mut flags = flags;
-        if writes {
+        // With both upload and overwrite granted, whether the file exists decides nothing
+        // here: no lookup (a system call per OPEN for writing, most of them).
+        let both = granted.contains(Permissions::UPLOAD | Permissions::OVERWRITE);
+        if writes && !both {
             // Refuse before looking, so that existence is not revealed where nothing may
             // be written.
             if !granted.intersects(Permissions::UPLOAD | Permissions::OVERWRITE) {
@@ -524,6 +527,89 @@ mod tests {
         );
         assert!(!dir.path().join("out/new").exists());
         assert!(!dir.path().join("pub/new").exists());
+    }
+
+    /// Counts the lookups (`stat`) made through it; everything else goes to `inner`.
+    struct CountingStats {
+        inner: LocalFs,
+        stats: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Filesystem for CountingStats {
+        async fn open(
+            &self,
+            path: &VPath,
+            flags: OpenFlags,
+            attrs: &FileAttributes,
+        ) -> Result<Box<dyn File>, FsError> {
+            self.inner.open(path, flags, attrs).await
+        }
+        async fn opendir(&self, path: &VPath) -> Result<Box<dyn Dir>, FsError> {
+            self.inner.opendir(path).await
+        }
+        async fn stat(&self, path: &VPath) -> Result<FileAttributes, FsError> {
+            self.stats
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.stat(path).await
+        }
+        async fn lstat(&self, path: &VPath) -> Result<FileAttributes, FsError> {
+            self.inner.lstat(path).await
+        }
+        async fn setstat(&self, path: &VPath, attrs: &FileAttributes) -> Result<(), FsError> {
+            self.inner.setstat(path, attrs).await
+        }
+        async fn remove(&self, path: &VPath) -> Result<(), FsError> {
+            self.inner.remove(path).await
+        }
+        async fn mkdir(&self, path: &VPath, attrs: &FileAttributes) -> Result<(), FsError> {
+            self.inner.mkdir(path, attrs).await
+        }
+        async fn rmdir(&self, path: &VPath) -> Result<(), FsError> {
+            self.inner.rmdir(path).await
+        }
+        async fn rename(&self, from: &VPath, to: &VPath, mode: RenameMode) -> Result<(), FsError> {
+            self.inner.rename(from, to, mode).await
+        }
+        async fn readlink(&self, path: &VPath) -> Result<Bytes, FsError> {
+            self.inner.readlink(path).await
+        }
+        async fn symlink(&self, target: &[u8], link: &VPath) -> Result<(), FsError> {
+            self.inner.symlink(target, link).await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_open_for_writing_looks_the_file_up_only_where_that_decides_something() {
+        for (rules, lookups) in [
+            (vec![], 0),
+            (vec![("/in", "upload,overwrite")], 0),
+            (vec![("/in", "upload")], 3),
+            (vec![("/in", "overwrite")], 3),
+        ] {
+            let dir = tempfile::tempdir().expect("a tempdir");
+            std::fs::create_dir(dir.path().join("in")).expect("mkdir");
+            std::fs::write(dir.path().join("in/existing.txt"), "x").expect("write");
+            let inner = Arc::new(CountingStats {
+                inner: LocalFs::new(dir.path()).expect("openat2 works here"),
+                stats: Default::default(),
+            });
+            let table = PermissionTable::new(rules.iter().map(|(prefix, flags)| PermissionRule {
+                prefix: p(prefix),
+                permissions: flags.parse().expect("flags"),
+            }));
+            let fs = PermissionFs::new(inner.clone(), table);
+            let _ = write_new(&fs, "/in/new").await;
+            let _ = write_new(&fs, "/in/existing.txt").await;
+            let _ = fs
+                .open(&p("/in/existing.txt"), OpenFlags::WRITE, &attrs())
+                .await;
+            assert_eq!(
+                inner.stats.load(std::sync::atomic::Ordering::Relaxed),
+                lookups,
+                "rules {rules:?}"
+            );
+        }
     }
 
     #[tokio::test]
