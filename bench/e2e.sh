@@ -58,11 +58,9 @@ for t in $TARGETS; do
   targets+=("$t")
 done
 
-STARTED=()
 cleanup() {
-  local rc=$? n
-  for n in "${STARTED[@]}"; do stop_pid "$n"; done
-  if [[ "${BENCH_KEEP_STATE:-0}" != 1 ]]; then rm -rf "$BENCH_STATE"; fi
+  local rc=$?
+  stop_started
   exit "$rc"
 }
 trap cleanup EXIT
@@ -73,12 +71,7 @@ ensure_keys
 build_release
 LOAD_BEFORE="$(uptime | sed 's/^.*load/load/')"
 STARTED_AT="$(date -u '+%F %H:%M UTC')"
-declare -A PORTS
-for t in "${targets[@]}"; do
-  pick_port "PORTS[$t]"
-  STARTED+=("$t")
-  start_target "$t" "${PORTS[$t]}"
-done
+start_targets "${targets[@]}"
 
 declare -A BUFLEN
 for t in "${targets[@]}"; do

@@ -174,6 +174,28 @@ start_target() {
   esac
 }
 
+# Servers a script started (start_targets, or its own pick_port + STARTED+=NAME), with
+# their ports; stop_started stops them.
+STARTED=()
+declare -A PORTS
+# start_targets NAME...: each target (start_target) on a free port, PORTS[NAME]
+start_targets() {
+  local t
+  for t in "$@"; do
+    pick_port "PORTS[$t]"
+    STARTED+=("$t")
+    start_target "$t" "${PORTS[$t]}"
+  done
+}
+
+# stop_started: what a script's EXIT trap does: stop every server in STARTED, then remove
+# $BENCH_STATE unless BENCH_KEEP_STATE=1.
+stop_started() {
+  local n
+  for n in "${STARTED[@]}"; do stop_pid "$n"; done
+  if [[ "${BENCH_KEEP_STATE:-0}" != 1 ]]; then rm -rf "$BENCH_STATE"; fi
+}
+
 # start_reference NAME PORT: one of the harness's servers (openssh-internal, openssh-external,
 # asyncssh, rclone) on PORT, with our $BENCH_STATE.
 start_reference() {

@@ -38,11 +38,9 @@ scenario_args() {
   esac
 }
 
-STARTED=()
 cleanup() {
-  local rc=$? n
-  for n in "${STARTED[@]}"; do stop_pid "$n"; done
-  if [[ "${BENCH_KEEP_STATE:-0}" != 1 ]]; then rm -rf "$BENCH_STATE"; fi
+  local rc=$?
+  stop_started
   exit "$rc"
 }
 trap cleanup EXIT
@@ -52,12 +50,7 @@ mkdir -p "$BENCH_STATE"
 ensure_keys
 build_release
 read -r -a targets <<< "$TARGETS"
-declare -A PORTS
-for t in "${targets[@]}"; do
-  pick_port "PORTS[$t]"
-  STARTED+=("$t")
-  start_target "$t" "${PORTS[$t]}"
-done
+start_targets "${targets[@]}"
 LOAD_BEFORE="$(uptime | sed 's/^.*load/load/')"
 STARTED_AT="$(date -u '+%F %H:%M UTC')"
 RESULTS="$BENCH_STATE/loadgen-results.txt"

@@ -33,11 +33,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 : "${BENCH_DOC=$REPO/docs/performance.md}"
 ((BASH_VERSINFO[0] >= 5)) || die "bash 5 needed (EPOCHREALTIME)"
 
-STARTED=()
 cleanup() {
-  local rc=$? n
-  for n in "${STARTED[@]}"; do stop_pid "$n"; done
-  if [[ "${BENCH_KEEP_STATE:-0}" != 1 ]]; then rm -rf "$BENCH_STATE"; fi
+  local rc=$?
+  stop_started
   exit "$rc"
 }
 trap cleanup EXIT
@@ -47,7 +45,6 @@ mkdir -p "$BENCH_STATE"
 ensure_keys
 build_release
 read -r -a targets <<< "$SLOWFS_TARGETS"
-declare -A PORTS
 for t in "${targets[@]}"; do
   pick_port "PORTS[$t]"
   STARTED+=("$t")

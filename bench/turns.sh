@@ -41,13 +41,11 @@ command -v tcpdump >/dev/null || die "tcpdump not found (apt-get install tcpdump
 read -r -a targets <<< "$TARGETS"
 ((${#targets[@]} > 0)) || die "TARGETS is empty"
 
-STARTED=()
 CAPTURE_PID=""
 cleanup() {
-  local rc=$? n
+  local rc=$?
   [[ -n "$CAPTURE_PID" ]] && kill "$CAPTURE_PID" 2>/dev/null
-  for n in "${STARTED[@]}"; do stop_pid "$n"; done
-  if [[ "${BENCH_KEEP_STATE:-0}" != 1 ]]; then rm -rf "$BENCH_STATE"; fi
+  stop_started
   exit "$rc"
 }
 trap cleanup EXIT
@@ -58,12 +56,7 @@ ensure_keys
 build_release
 STARTED_AT="$(date -u '+%F %H:%M UTC')"
 LOAD_BEFORE="$(uptime | sed 's/^.*load/load/')"
-declare -A PORTS
-for t in "${targets[@]}"; do
-  pick_port "PORTS[$t]"
-  STARTED+=("$t")
-  start_target "$t" "${PORTS[$t]}"
-done
+start_targets "${targets[@]}"
 
 WORK="$BENCH_STATE/turns"
 SMALL="$WORK/small"
