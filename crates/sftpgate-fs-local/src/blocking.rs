@@ -44,11 +44,20 @@ const LANE_THREADS: usize = 4;
 /// 7-14 % less server CPU per GiB than with reads above 64 KiB on the pool (two A/B runs,
 /// docs/performance.md, "Fourth run").
 pub(crate) const INLINE_READ_MAX: usize = 256 * 1024;
-/// Largest write an inline lane makes on the calling thread. Bigger ones (the 255 KiB
-/// writes of bulk uploads) still go to the pool even in memory: the page allocation and
-/// copy take long enough to overlap with the SSH work on the other core (inline, deep
-/// uploads were no cheaper and in one A/B run 12 % slower).
+/// Largest write an inline lane always makes on the calling thread, whatever else runs.
 pub(crate) const INLINE_WRITE_MAX: usize = 64 * 1024;
+/// Largest write an inline lane makes on the calling thread when the lane is idle (no
+/// operation running or queued): all of them at the default `max_write` (255 KiB); while
+/// one runs, the next go to the pool as before ([`Lane::run_sized_or_when_idle`]).
+///
+/// Why both: with OpenSSH's `sftp` as the client (64 or 256 WRITEs of 255 KiB in flight,
+/// the client the limit), every WRITE found the pool idle, so each one woke a pool thread
+/// and the pool woke the runtime back: inline, `put` took 13-22 % less server CPU per GiB.
+/// With a client faster than the server (the load generator), the pool keeps busy without
+/// sleeping and overlaps the copy with the SSH work on the other core, and writes inline
+/// on both workers at once only contend for the inode's lock (deep chacha20-poly1305
+/// uploads: 1.72 against 1.29 s/GiB, and slower). docs/performance.md, "Sixteenth run".
+pub(crate) const INLINE_WRITE_IDLE_MAX: usize = 256 * 1024;
 
 /// `statfs(2)` magic numbers of filesystems whose files live in memory.
 const TMPFS_MAGIC: u64 = 0x0102_1994;
@@ -100,6 +109,9 @@ impl Default for Lane {
 struct LaneState {
     queue: std::collections::VecDeque<Job>,
     threads: usize,
+    /// An operation of [`Lane::run_sized_or_when_idle`] running on its caller's thread: it
+    /// takes one of the lane's `max_threads` places.
+    inline_busy: bool,
 }
 
 impl Lane {
@@ -116,7 +128,9 @@ impl Lane {
     /// second thread writing the same file only waits, and its first moments of waiting
     /// are spinning on the lock (`rwsem_spin_on_owner`: 3 % of the machine's CPU samples,
     /// both cores, in a deep-pipelined upload of one file; docs/performance.md, "Fifth
-    /// run"). Inline writes (small ones, files in memory) run on the caller's thread.
+    /// run"). Inline writes (small ones, files in memory) run on the caller's thread, and
+    /// so do big ones that find the lane idle ([`Lane::run_sized_or_when_idle`]), holding
+    /// the lane's one place while they run.
     pub(crate) fn one_at_a_time(self) -> Lane {
         Lane {
             max_threads: 1,
@@ -150,6 +164,63 @@ impl Lane {
             return catch_panic(op);
         }
         self.pooled(op).await
+    }
+
+    /// As [`Lane::run_sized`] (inline up to `limit`), and also inline up to `idle_limit`
+    /// when nothing else of the lane runs or waits, so that an operation that finds the
+    /// lane idle costs no thread wake-ups. While one runs inline, the others queue for the
+    /// pool, which starts when it ends: a one-at-a-time lane still runs one at a time.
+    pub(crate) async fn run_sized_or_when_idle<T, F>(
+        self: &std::sync::Arc<Self>,
+        bytes: usize,
+        limit: usize,
+        idle_limit: usize,
+        op: F,
+    ) -> Result<T, FsError>
+    where
+        F: FnOnce() -> Result<T, FsError> + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.inline && bytes > limit && bytes <= idle_limit && self.begin_inline() {
+            let result = catch_panic(op);
+            self.end_inline();
+            return result;
+        }
+        self.run_sized(bytes, limit, op).await
+    }
+
+    /// Takes the lane for an inline operation if it is idle.
+    fn begin_inline(&self) -> bool {
+        let mut state = self.lock();
+        let idle = state.threads == 0 && !state.inline_busy && state.queue.is_empty();
+        if idle {
+            state.inline_busy = true;
+        }
+        idle
+    }
+
+    /// Gives the lane back after an inline operation, and starts a pool thread for what
+    /// queued meanwhile.
+    fn end_inline(self: &std::sync::Arc<Self>) {
+        let start_thread = {
+            let mut state = self.lock();
+            state.inline_busy = false;
+            let start = !state.queue.is_empty() && state.threads < self.max_threads;
+            if start {
+                state.threads += 1;
+            }
+            start
+        };
+        if start_thread {
+            let lane = self.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn_blocking(move || lane.drain());
+                }
+                // Only on a runtime do operations queue (`pooled`); drained here otherwise.
+                Err(_) => lane.drain(),
+            }
+        }
     }
 
     /// Runs `op` on the lane's threads and waits for it, or inline on a current-thread
@@ -186,9 +257,10 @@ impl Lane {
             let mut state = self.lock();
             state.queue.push_back(job);
             // A new thread when there is none, or when the queue grows past what the busy
-            // ones will take next.
+            // ones will take next; an inline operation holds a place (`end_inline` starts
+            // the thread when it ends).
             let wanted = state.threads == 0 || state.queue.len() > state.threads;
-            if wanted && state.threads < self.max_threads {
+            if wanted && state.threads + usize::from(state.inline_busy) < self.max_threads {
                 state.threads += 1;
                 true
             } else {
@@ -371,6 +443,102 @@ mod tests {
                 .expect("pooled"),
             here
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_big_write_runs_inline_only_on_an_idle_lane_and_never_beside_another() {
+        const BIG: usize = INLINE_WRITE_MAX + 1;
+        let lane = Arc::new(Lane::inline().one_at_a_time());
+        let here = std::thread::current().id();
+        let thread = || Ok(std::thread::current().id());
+        async fn on<T: Send + 'static>(
+            lane: &Arc<Lane>,
+            bytes: usize,
+            op: impl FnOnce() -> Result<T, FsError> + Send + 'static,
+        ) -> Result<T, FsError> {
+            lane.run_sized_or_when_idle(bytes, INLINE_WRITE_MAX, INLINE_WRITE_IDLE_MAX, op)
+                .await
+        }
+        assert_eq!(on(&lane, BIG, thread).await.expect("idle"), here);
+        assert_ne!(
+            on(&lane, INLINE_WRITE_IDLE_MAX + 1, thread)
+                .await
+                .expect("too big"),
+            here,
+            "past the idle limit: the pool"
+        );
+
+        // One write held inline on a worker: the next one queues for the pool and starts
+        // only once the first has ended.
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn({
+            let lane = lane.clone();
+            async move {
+                let caller = std::thread::current().id();
+                let ran_on = lane
+                    .run_sized_or_when_idle(
+                        BIG,
+                        INLINE_WRITE_MAX,
+                        INLINE_WRITE_IDLE_MAX,
+                        move || {
+                            started_tx.send(()).expect("started");
+                            release_rx.recv().expect("release");
+                            Ok(std::thread::current().id())
+                        },
+                    )
+                    .await
+                    .expect("first");
+                (caller, ran_on)
+            }
+        });
+        started_rx.recv().expect("first write started");
+        let second_ran = Arc::new(AtomicUsize::new(0));
+        let second = tokio::spawn({
+            let lane = lane.clone();
+            let second_ran = second_ran.clone();
+            async move {
+                let caller = std::thread::current().id();
+                let ran_on = lane
+                    .run_sized_or_when_idle(
+                        BIG,
+                        INLINE_WRITE_MAX,
+                        INLINE_WRITE_IDLE_MAX,
+                        move || {
+                            second_ran.fetch_add(1, Ordering::SeqCst);
+                            Ok(std::thread::current().id())
+                        },
+                    )
+                    .await
+                    .expect("second");
+                (caller, ran_on)
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            second_ran.load(Ordering::SeqCst),
+            0,
+            "the second write ran beside the first"
+        );
+        release_tx.send(()).expect("release");
+        let (caller, ran_on) = first.await.expect("first task");
+        assert_eq!(caller, ran_on, "the first write ran inline");
+        let (caller, ran_on) = second.await.expect("second task");
+        assert_ne!(caller, ran_on, "the second write ran on the pool");
+        assert_eq!(threads_left(&lane).await, 0);
+
+        // A panic inline is an error and leaves the lane idle.
+        let err = on(&lane, BIG, || -> Result<std::thread::ThreadId, FsError> {
+            panic!("boom")
+        })
+        .await
+        .expect_err("panic");
+        assert!(err.to_string().contains("panicked"), "{err}");
+        assert_eq!(on(&lane, BIG, thread).await.expect("idle again"), here);
+
+        // A lane on the pool (a file on disk) never runs them inline.
+        let pooled = Arc::new(Lane::default().one_at_a_time());
+        assert_ne!(on(&pooled, BIG, thread).await.expect("pooled"), here);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use sftpgate_proto::{FileAttributes, StatvfsReply, WriteData};
 use sftpgate_vfs::{File, FsError};
 
 use crate::attrs::{self, Target};
-use crate::blocking::{Lane, INLINE_READ_MAX, INLINE_WRITE_MAX};
+use crate::blocking::{Lane, INLINE_READ_MAX, INLINE_WRITE_IDLE_MAX, INLINE_WRITE_MAX};
 use crate::error::{from_errno, retry_eintr};
 
 /// A file opened by [`crate::LocalFs`]. Every call clones the descriptor's `Arc` for its
@@ -153,9 +153,12 @@ impl File for LocalFile {
             data
         };
         self.write_lane
-            .run_sized(data.len(), INLINE_WRITE_MAX, move || {
-                write_all_at(&fd, offset, &data)
-            })
+            .run_sized_or_when_idle(
+                data.len(),
+                INLINE_WRITE_MAX,
+                INLINE_WRITE_IDLE_MAX,
+                move || write_all_at(&fd, offset, &data),
+            )
             .await
             .map(|written| {
                 self.known_size
