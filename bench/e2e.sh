@@ -58,17 +58,7 @@ for t in $TARGETS; do
   targets+=("$t")
 done
 
-cleanup() {
-  local rc=$?
-  stop_started
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-mkdir -p "$BENCH_STATE"
-ensure_keys
-build_release
+bench_prepare
 LOAD_BEFORE="$(uptime | sed 's/^.*load/load/')"
 STARTED_AT="$(date -u '+%F %H:%M UTC')"
 start_targets "${targets[@]}"

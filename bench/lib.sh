@@ -196,6 +196,24 @@ stop_started() {
   if [[ "${BENCH_KEEP_STATE:-0}" != 1 ]]; then rm -rf "$BENCH_STATE"; fi
 }
 
+# bench_prepare: what every bench script does before it starts servers: an EXIT trap that
+# runs the script's own `on_exit` (if it defines one), then stop_started, and keeps the exit
+# status (INT and TERM exit 130); the state directory, the keys, the release build.
+bench_prepare() {
+  trap bench_exit EXIT
+  trap 'exit 130' INT TERM
+  mkdir -p "$BENCH_STATE"
+  ensure_keys
+  build_release
+}
+
+bench_exit() {
+  local rc=$?
+  if declare -F on_exit >/dev/null; then on_exit; fi
+  stop_started
+  exit "$rc"
+}
+
 # start_reference NAME PORT: one of the harness's servers (openssh-internal, openssh-external,
 # asyncssh, rclone) on PORT, with our $BENCH_STATE.
 start_reference() {

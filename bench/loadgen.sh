@@ -38,17 +38,7 @@ scenario_args() {
   esac
 }
 
-cleanup() {
-  local rc=$?
-  stop_started
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-mkdir -p "$BENCH_STATE"
-ensure_keys
-build_release
+bench_prepare
 read -r -a targets <<< "$TARGETS"
 start_targets "${targets[@]}"
 LOAD_BEFORE="$(uptime | sed 's/^.*load/load/')"

@@ -33,17 +33,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 : "${BENCH_DOC=$REPO/docs/performance.md}"
 ((BASH_VERSINFO[0] >= 5)) || die "bash 5 needed (EPOCHREALTIME)"
 
-cleanup() {
-  local rc=$?
-  stop_started
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-mkdir -p "$BENCH_STATE"
-ensure_keys
-build_release
+bench_prepare
 read -r -a targets <<< "$SLOWFS_TARGETS"
 for t in "${targets[@]}"; do
   pick_port "PORTS[$t]"

@@ -42,18 +42,11 @@ read -r -a targets <<< "$TARGETS"
 ((${#targets[@]} > 0)) || die "TARGETS is empty"
 
 CAPTURE_PID=""
-cleanup() {
-  local rc=$?
-  [[ -n "$CAPTURE_PID" ]] && kill "$CAPTURE_PID" 2>/dev/null
-  stop_started
-  exit "$rc"
+# Run by bench_prepare's EXIT trap before the servers stop.
+on_exit() {
+  if [[ -n "$CAPTURE_PID" ]]; then kill "$CAPTURE_PID" 2>/dev/null || true; fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-mkdir -p "$BENCH_STATE"
-ensure_keys
-build_release
+bench_prepare
 STARTED_AT="$(date -u '+%F %H:%M UTC')"
 LOAD_BEFORE="$(uptime | sed 's/^.*load/load/')"
 start_targets "${targets[@]}"

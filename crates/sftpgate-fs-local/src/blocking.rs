@@ -459,6 +459,24 @@ mod tests {
             lane.run_sized_or_when_idle(bytes, INLINE_WRITE_MAX, INLINE_WRITE_IDLE_MAX, op)
                 .await
         }
+        /// A task writing `BIG` bytes that calls `during` inside the write: the task's
+        /// thread and the write's.
+        fn spawn_write(
+            lane: &Arc<Lane>,
+            during: impl FnOnce() + Send + 'static,
+        ) -> tokio::task::JoinHandle<(std::thread::ThreadId, std::thread::ThreadId)> {
+            let lane = lane.clone();
+            tokio::spawn(async move {
+                let caller = std::thread::current().id();
+                let ran_on = on(&lane, BIG, move || {
+                    during();
+                    Ok(std::thread::current().id())
+                })
+                .await
+                .expect("write");
+                (caller, ran_on)
+            })
+        }
         assert_eq!(on(&lane, BIG, thread).await.expect("idle"), here);
         assert_ne!(
             on(&lane, INLINE_WRITE_IDLE_MAX + 1, thread)
@@ -472,46 +490,16 @@ mod tests {
         // only once the first has ended.
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let first = tokio::spawn({
-            let lane = lane.clone();
-            async move {
-                let caller = std::thread::current().id();
-                let ran_on = lane
-                    .run_sized_or_when_idle(
-                        BIG,
-                        INLINE_WRITE_MAX,
-                        INLINE_WRITE_IDLE_MAX,
-                        move || {
-                            started_tx.send(()).expect("started");
-                            release_rx.recv().expect("release");
-                            Ok(std::thread::current().id())
-                        },
-                    )
-                    .await
-                    .expect("first");
-                (caller, ran_on)
-            }
+        let first = spawn_write(&lane, move || {
+            started_tx.send(()).expect("started");
+            release_rx.recv().expect("release");
         });
         started_rx.recv().expect("first write started");
         let second_ran = Arc::new(AtomicUsize::new(0));
-        let second = tokio::spawn({
-            let lane = lane.clone();
+        let second = spawn_write(&lane, {
             let second_ran = second_ran.clone();
-            async move {
-                let caller = std::thread::current().id();
-                let ran_on = lane
-                    .run_sized_or_when_idle(
-                        BIG,
-                        INLINE_WRITE_MAX,
-                        INLINE_WRITE_IDLE_MAX,
-                        move || {
-                            second_ran.fetch_add(1, Ordering::SeqCst);
-                            Ok(std::thread::current().id())
-                        },
-                    )
-                    .await
-                    .expect("second");
-                (caller, ran_on)
+            move || {
+                second_ran.fetch_add(1, Ordering::SeqCst);
             }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
