@@ -830,3 +830,47 @@ async fn paths_across_a_mount_inside_a_memory_root() {
         .expect_err("missing on the root's filesystem");
     assert!(matches!(err, FsError::NotFound), "{err:?}");
 }
+
+/// Bulk writes to a file in memory run inline when the file's write lane is idle and queue
+/// for the pool while one runs (blocking.rs, `run_sized_or_when_idle`): many at once, from
+/// tasks on both workers, all finish and the file reads back as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_bulk_writes_to_a_file_in_memory_all_land() {
+    let Some((dir, fs)) = fresh_in_memory() else {
+        return;
+    };
+    const PIECE: usize = 255 * 1024;
+    const PIECES: usize = 48;
+    let file: std::sync::Arc<dyn sftpgate_vfs::File> = fs
+        .open(
+            &p("/bulk"),
+            OpenFlags::WRITE | OpenFlags::CREAT | OpenFlags::TRUNC,
+            &FileAttributes::default(),
+        )
+        .await
+        .expect("open")
+        .into();
+    let content: Vec<u8> = (0..PIECE * PIECES).map(|i| (i % 253) as u8).collect();
+    // All released at once, so that writes from both workers meet at the lane.
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(PIECES));
+    let writes: Vec<_> = (0..PIECES)
+        .map(|k| {
+            let (file, start) = (file.clone(), start.clone());
+            let piece = Bytes::copy_from_slice(&content[k * PIECE..(k + 1) * PIECE]);
+            tokio::spawn(async move {
+                start.wait().await;
+                file.write((k * PIECE) as u64, piece).await
+            })
+        })
+        .collect();
+    for write in writes {
+        tokio::time::timeout(Duration::from_secs(30), write)
+            .await
+            .expect("a write never finished")
+            .expect("write task")
+            .expect("write");
+    }
+    file.close().await.expect("close");
+    let written = std::fs::read(dir.path().join("bulk")).expect("read back");
+    assert!(written == content, "the file differs from what was written");
+}
