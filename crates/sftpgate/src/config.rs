@@ -8,6 +8,10 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
+/// Most `connection_threads`: a thread each, so a typo (an extra zero or three) must not
+/// start tens of thousands.
+const MAX_CONNECTION_THREADS: usize = 1024;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -23,6 +27,10 @@ pub struct Config {
     pub database_url: String,
     /// The host key file; relative paths are inside `data_dir`. Generated on first start.
     pub host_key: PathBuf,
+    /// Threads that serve connections, each connection wholly on one of them (the one with
+    /// the fewest connections when it arrives); 0: one per CPU. Storage operations that
+    /// wait for a disk run on a blocking pool beside them, never on these threads.
+    pub connection_threads: usize,
     /// Authentication methods offered.
     pub auth: AuthConfig,
     /// Lifecycle and transport timeouts.
@@ -60,6 +68,7 @@ impl Default for Config {
             data_dir: "sftpgate-data".into(),
             database_url: String::new(),
             host_key: "host_ed25519_key".into(),
+            connection_threads: 0,
             auth: AuthConfig::default(),
             timeouts: TimeoutsConfig::default(),
             limits: LimitsConfig::default(),
@@ -354,6 +363,9 @@ impl Config {
         if self.limits.max_read > 1 << 20 || self.limits.max_write > 1 << 20 {
             bail!("limits.max_read and limits.max_write can be at most 1 MiB");
         }
+        if self.connection_threads > MAX_CONNECTION_THREADS {
+            bail!("connection_threads can be at most {MAX_CONNECTION_THREADS} (0: one per CPU)");
+        }
         let ban = &self.auth.ban;
         if ban.max_failures > 0 && (ban.window.is_zero() || ban.ban_time.is_zero()) {
             bail!("auth.ban.window and auth.ban.ban_time must be positive (set auth.ban.max_failures = 0 to turn bans off)");
@@ -395,6 +407,14 @@ impl Config {
             keepalive_interval: optional(t.keepalive_interval),
             keepalive_max: t.keepalive_max,
             shutdown_drain: t.shutdown_drain,
+        }
+    }
+
+    /// How many connection threads to run: `connection_threads`, or one per CPU.
+    pub fn connection_thread_count(&self) -> usize {
+        match self.connection_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
         }
     }
 
@@ -640,6 +660,25 @@ mod tests {
         assert_eq!(config.metrics.listen, "127.0.0.1:9100");
         assert!(config.metrics.allow_public);
         assert_eq!(config.log_format, crate::logging::LogFormat::Json);
+    }
+
+    #[test]
+    fn connection_threads_from_a_variable_and_bounded() {
+        let config = Config::load(None, env(&[("SFTPGATE_CONNECTION_THREADS", "3")])).unwrap();
+        assert_eq!(config.connection_threads, 3);
+        assert_eq!(config.connection_thread_count(), 3);
+        let default = Config::load(None, env(&[])).unwrap();
+        assert_eq!(
+            default.connection_thread_count(),
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        );
+        let err = Config::load(None, env(&[("SFTPGATE_CONNECTION_THREADS", "20000")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("connection_threads can be at most 1024"),
+            "{err}"
+        );
     }
 
     #[test]

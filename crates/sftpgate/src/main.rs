@@ -140,16 +140,20 @@ fn main() -> anyhow::Result<ExitCode> {
                 config.log_format = format;
             }
             logging::init(config.log_format, Some("info,russh=warn,sqlx=warn".into()));
+            // The accept loop, metrics, NATS's background work: little, on two threads.
             let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(
-                    std::thread::available_parallelism()
-                        .map_or(2, |n| n.get())
-                        .max(2),
-                )
+                .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(serve::serve(config))?;
+            let connections = connection_runtimes(config.connection_thread_count())?;
+            let handles = connections.iter().map(|r| r.handle().clone()).collect();
+            let served = runtime.block_on(serve::serve(config, handles));
+            // Whatever is left on them ended with the drain: do not wait for it again.
+            for connection_runtime in connections {
+                connection_runtime.shutdown_background();
+            }
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::SftpServer(args) => {
@@ -161,6 +165,21 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Perm(args) => Ok(cli_users::run(cli_users::Admin::Perm(args))),
         Command::CheckConfig(args) => Ok(check_config::run(&args)),
     }
+}
+
+/// `count` runtimes of one worker thread each, which connections are spread over
+/// (`Server::with_connection_runtimes`: why one worker each).
+fn connection_runtimes(count: usize) -> anyhow::Result<Vec<tokio::runtime::Runtime>> {
+    (0..count.max(1))
+        .map(|i| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name(format!("sftpgate-conn-{i}"))
+                .enable_all()
+                .build()
+                .context("starting a connection runtime")
+        })
+        .collect()
 }
 
 /// The configuration: the file (`--config`, or `./sftpgate.toml` if it exists), then the

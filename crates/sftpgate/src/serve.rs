@@ -21,8 +21,12 @@ use crate::host_key;
 use crate::object::ObjectStores;
 use crate::users::FirstUser;
 
-/// Runs the server with `config` until a signal stops it.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Runs the server with `config` until a signal stops it, each connection on one of
+/// `connection_runtimes`.
+pub async fn serve(
+    config: Config,
+    connection_runtimes: Vec<tokio::runtime::Handle>,
+) -> anyhow::Result<()> {
     // Before anything emits: metric handles registered earlier would stay no-ops.
     let prometheus = if config.metrics.listen.is_empty() {
         None
@@ -106,7 +110,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             nats.events,
         ),
     };
-    let mut server = Server::new(server_config, authenticator, hooks, factory)?;
+    let mut server = Server::new(server_config, authenticator, hooks, factory)?
+        .with_connection_runtimes(connection_runtimes);
     if let Some(events) = events {
         server = server.with_events(events);
     }

@@ -55,7 +55,8 @@ struct Args {
     /// Storage operations running at once per session (default: the server's default).
     #[arg(long)]
     max_in_flight: Option<usize>,
-    /// Tokio worker threads (default: number of CPUs, at least 2, as `sftpgate serve`).
+    /// Connection threads (default: one per CPU, as `sftpgate serve`): each connection runs
+    /// on one of them, beside a runtime of two workers for the accept loop.
     #[arg(long)]
     threads: Option<usize>,
     /// Set TCP_NODELAY on the listening socket (Linux copies it to accepted sockets).
@@ -85,20 +86,34 @@ fn main() -> anyhow::Result<()> {
     if !args.listen.ip().is_loopback() {
         bail!("--listen must be a loopback address");
     }
-    let threads = args.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .max(2)
-    });
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    // As `sftpgate serve` (crates/sftpgate/src/main.rs): one worker per connection runtime.
+    let connections = (0..threads.max(1))
+        .map(|i| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name(format!("slowfs-conn-{i}"))
+                .enable_all()
+                .build()
+                .context("starting a connection runtime")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let handles = connections.iter().map(|r| r.handle().clone()).collect();
+    let served = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the runtime")?
-        .block_on(serve(args))
+        .block_on(serve(args, handles));
+    for runtime in connections {
+        runtime.shutdown_background();
+    }
+    served
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn serve(args: Args, connection_runtimes: Vec<tokio::runtime::Handle>) -> anyhow::Result<()> {
     let host_key = sftpgate_server::keys::load_secret_key(&args.host_key, None)
         .with_context(|| format!("loading host key {}", args.host_key.display()))?;
     let text = std::fs::read_to_string(&args.authorized_keys)
@@ -136,7 +151,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         delay,
         io: args.io,
     };
-    let server = Server::new(config, auth, NoHooks, factory)?;
+    let server =
+        Server::new(config, auth, NoHooks, factory)?.with_connection_runtimes(connection_runtimes);
     let stop = server.shutdown_handle();
     let socket = if args.listen.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?

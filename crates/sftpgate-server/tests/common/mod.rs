@@ -141,11 +141,12 @@ fn ok_label(ok: bool) -> &'static str {
     }
 }
 
-/// One event and when it happened.
+/// One event, when it happened, and on which thread.
 #[derive(Debug, Clone)]
 pub struct Record {
     pub at: Instant,
     pub event: Event,
+    pub thread: Option<String>,
 }
 
 /// The events of one test server, in the order they happened.
@@ -159,6 +160,7 @@ impl EventLog {
         let record = Record {
             at: Instant::now(),
             event,
+            thread: std::thread::current().name().map(str::to_owned),
         };
         self.records
             .lock()
@@ -353,6 +355,8 @@ pub struct Options {
     pub hook: HookBehavior,
     pub factory: FactoryBehavior,
     pub fs: FsBehavior,
+    /// Where connections run (`Server::with_connection_runtimes`); empty: the test's own.
+    pub connection_runtimes: Vec<tokio::runtime::Handle>,
 }
 
 impl Default for Options {
@@ -366,6 +370,7 @@ impl Default for Options {
                 ..FactoryBehavior::default()
             },
             fs: FsBehavior::default(),
+            connection_runtimes: Vec::new(),
         }
     }
 }
@@ -433,7 +438,9 @@ impl TestServer {
             root: root.clone(),
             never: Arc::new(Notify::new()),
         };
-        let server = Server::new(config, auth, hooks, factory).expect("server");
+        let server = Server::new(config, auth, hooks, factory)
+            .expect("server")
+            .with_connection_runtimes(opts.connection_runtimes.clone());
         let shutdown = server.shutdown_handle();
         let listener = sftpgate_server::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
