@@ -38,6 +38,7 @@ mod error;
 mod events;
 mod hooks;
 mod lifecycle;
+mod quick_ack;
 mod server;
 mod sftp;
 mod stream;

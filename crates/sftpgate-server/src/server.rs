@@ -21,6 +21,7 @@ use crate::connection::{Connection, Shared};
 use crate::error::Error;
 use crate::events::{EventSink, NoEvents};
 use crate::hooks::{Authenticator, ConnectionId, Hooks, SftpFactory};
+use crate::quick_ack::QuickAck;
 
 /// How long a connection gets to say goodbye once it has been told to end.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
@@ -435,7 +436,7 @@ where
     // A small buffer takes whatever has arrived in one call; reads of a big packet's body
     // bypass it once it is empty (tokio's BufReader), so bulk data is copied at most
     // `SOCKET_READ_BUFFER` bytes per packet more than before.
-    let stream = tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, stream);
+    let stream = tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, QuickAck::new(stream));
     // The version exchange happens here, under the login grace time too.
     let running = tokio::select! {
         r = tokio::time::timeout(grace, russh::server::run_stream(russh, stream, handler)) => r,
