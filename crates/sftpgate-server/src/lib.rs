@@ -50,7 +50,7 @@ pub use hooks::{
     AuthMethod, Authenticator, Cleanup, ConnectionId, ConnectionInfo, HookError, Hooks, NoHooks,
     SessionId, SftpContext, SftpFactory,
 };
-pub use server::{bind, Server, ShutdownHandle, LISTEN_BACKLOG};
+pub use server::{bind, connection_runtimes, Server, ShutdownHandle, LISTEN_BACKLOG};
 pub use stream::StreamSession;
 
 /// Re-exported so that library users name the same key types as the server.

@@ -170,11 +170,11 @@ where
     /// worker thread each (say, one per CPU): a connection's tasks (the SSH transport, the
     /// SFTP reader, each request, the reply writer) wake each other on one thread then,
     /// instead of waking another worker of a shared runtime to steal them, which is a
-    /// thread wake-up and a sleep per hand-off (downloads with OpenSSH's `sftp`: 8-14 %
+    /// thread wake-up and a sleep per hand-off (downloads with OpenSSH's `sftp`: 5-16 %
     /// less server CPU per GiB; docs/performance.md, "Seventeenth run"). Each runtime
     /// needs its I/O and time drivers; storage still blocks on the runtime's own blocking
     /// pool, never on the connection's thread. By default (no runtimes given) connections
-    /// run on the runtime that calls [`Server::run`].
+    /// run on the runtime that calls [`Server::run`]. [`connection_runtimes`] builds them.
     pub fn with_connection_runtimes(
         mut self,
         runtimes: impl IntoIterator<Item = tokio::runtime::Handle>,
@@ -321,6 +321,25 @@ where
             .tracker
             .spawn_on(registered.instrument(span), &runtime.handle);
     }
+}
+
+/// `count` (at least one) runtimes of one worker thread each, named `<name>-<i>`, with
+/// their I/O and time drivers: what [`Server::with_connection_runtimes`] is meant for.
+/// Keep them until [`Server::run`] has returned; a runtime must not be dropped in async
+/// code (tokio panics), so shut them down with `shutdown_background` or drop them outside.
+pub fn connection_runtimes(
+    count: usize,
+    name: &str,
+) -> std::io::Result<Vec<tokio::runtime::Runtime>> {
+    (0..count.max(1))
+        .map(|i| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name(format!("{name}-{i}"))
+                .enable_all()
+                .build()
+        })
+        .collect()
 }
 
 /// A connection counted on its runtime while its task lives.

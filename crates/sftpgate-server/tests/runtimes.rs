@@ -16,18 +16,7 @@ struct Runtimes(Vec<tokio::runtime::Runtime>);
 
 impl Runtimes {
     fn new(count: usize) -> Self {
-        Runtimes(
-            (0..count)
-                .map(|i| {
-                    tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(1)
-                        .thread_name(format!("conn-test-{i}"))
-                        .enable_all()
-                        .build()
-                        .expect("connection runtime")
-                })
-                .collect(),
-        )
+        Runtimes(sftpgate_server::connection_runtimes(count, "conn-test").expect("runtimes"))
     }
 
     fn handles(&self) -> Vec<tokio::runtime::Handle> {

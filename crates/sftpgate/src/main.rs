@@ -146,7 +146,11 @@ fn main() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            let connections = connection_runtimes(config.connection_thread_count())?;
+            let connections = sftpgate_server::connection_runtimes(
+                config.connection_thread_count(),
+                "sftpgate-conn",
+            )
+            .context("starting the connection runtimes")?;
             let handles = connections.iter().map(|r| r.handle().clone()).collect();
             let served = runtime.block_on(serve::serve(config, handles));
             // Whatever is left on them ended with the drain: do not wait for it again.
@@ -165,21 +169,6 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Perm(args) => Ok(cli_users::run(cli_users::Admin::Perm(args))),
         Command::CheckConfig(args) => Ok(check_config::run(&args)),
     }
-}
-
-/// `count` runtimes of one worker thread each, which connections are spread over
-/// (`Server::with_connection_runtimes`: why one worker each).
-fn connection_runtimes(count: usize) -> anyhow::Result<Vec<tokio::runtime::Runtime>> {
-    (0..count.max(1))
-        .map(|i| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name(format!("sftpgate-conn-{i}"))
-                .enable_all()
-                .build()
-                .context("starting a connection runtime")
-        })
-        .collect()
 }
 
 /// The configuration: the file (`--config`, or `./sftpgate.toml` if it exists), then the

@@ -89,17 +89,9 @@ fn main() -> anyhow::Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    // As `sftpgate serve` (crates/sftpgate/src/main.rs): one worker per connection runtime.
-    let connections = (0..threads.max(1))
-        .map(|i| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name(format!("slowfs-conn-{i}"))
-                .enable_all()
-                .build()
-                .context("starting a connection runtime")
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    // As `sftpgate serve` (crates/sftpgate/src/main.rs).
+    let connections = sftpgate_server::connection_runtimes(threads, "slowfs-conn")
+        .context("starting the connection runtimes")?;
     let handles = connections.iter().map(|r| r.handle().clone()).collect();
     let served = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
