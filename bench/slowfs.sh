@@ -20,7 +20,7 @@
 # Env:   BENCH_RUNS (3)  SLOWFS_MB (256)  SLOWFS_DELAY_US (1000)
 #        BENCH_CIPHER (aes128-gcm@openssh.com)
 #        SLOWFS_TARGETS ("slow-default slow-1 no-latency"; also slow-default-nodelay,
-#                       slow-1-nodelay)
+#                       slow-1-nodelay, and slow-default-nospin: idle_spin off)
 #        BENCH_DOC (docs/performance.md; empty: none), BENCH_BUILD, BENCH_STATE, BENCH_KEEP_STATE
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -42,6 +42,7 @@ for t in "${targets[@]}"; do
   [[ "$t" == no-latency ]] && args=(--delay-us 0)
   [[ "$t" == slow-1* ]] && args+=(--max-in-flight 1)
   [[ "$t" == *-nodelay ]] && args+=(--nodelay)
+  [[ "$t" == *-nospin ]] && args+=(--idle-spin-us 0)
   start_testserver "$t" "${PORTS[$t]}" "${args[@]}"
 done
 

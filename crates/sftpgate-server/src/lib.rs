@@ -37,6 +37,7 @@ mod connection;
 mod error;
 mod events;
 mod hooks;
+mod idle_spin;
 mod lifecycle;
 mod quick_ack;
 mod server;
@@ -50,7 +51,9 @@ pub use hooks::{
     AuthMethod, Authenticator, Cleanup, ConnectionId, ConnectionInfo, HookError, Hooks, NoHooks,
     SessionId, SftpContext, SftpFactory,
 };
-pub use server::{bind, connection_runtimes, Server, ShutdownHandle, LISTEN_BACKLOG};
+pub use server::{
+    bind, connection_runtimes, Server, ShutdownHandle, DEFAULT_IDLE_SPIN, LISTEN_BACKLOG,
+};
 pub use stream::StreamSession;
 
 /// Re-exported so that library users name the same key types as the server.

@@ -21,6 +21,7 @@ use crate::connection::{Connection, Shared};
 use crate::error::Error;
 use crate::events::{EventSink, NoEvents};
 use crate::hooks::{Authenticator, ConnectionId, Hooks, SftpFactory};
+use crate::idle_spin::{self, Watched};
 use crate::quick_ack::QuickAck;
 
 /// How long a connection gets to say goodbye once it has been told to end.
@@ -323,18 +324,32 @@ where
     }
 }
 
+/// How long a connection thread that has just answered a small request polls for the next
+/// one before it sleeps, by default (see [`connection_runtimes`]).
+pub const DEFAULT_IDLE_SPIN: Duration = Duration::from_micros(200);
+
 /// `count` (at least one) runtimes of one worker thread each, named `<name>-<i>`, with
 /// their I/O and time drivers: what [`Server::with_connection_runtimes`] is meant for.
 /// Keep them until [`Server::run`] has returned; a runtime must not be dropped in async
 /// code (tokio panics), so shut them down with `shutdown_background` or drop them outside.
+///
+/// `idle_spin` ([`DEFAULT_IDLE_SPIN`]; zero: never): after a wake-up that sent a small
+/// answer, a thread keeps polling for work (its sockets, timers, tasks woken from other
+/// threads) for that long before it sleeps, so that the client's next request finds it
+/// awake. On a virtual machine that takes about two thirds off the server's turn of a
+/// small-file round trip; it costs CPU the thread would have slept through, and spins that
+/// find nothing make the next ones skip (docs/performance.md, "Eighteenth run").
 pub fn connection_runtimes(
     count: usize,
     name: &str,
+    idle_spin: Duration,
 ) -> std::io::Result<Vec<tokio::runtime::Runtime>> {
     (0..count.max(1))
         .map(|i| {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
+                .on_thread_start(move || idle_spin::install(idle_spin))
+                .on_thread_park(idle_spin::before_park)
                 .thread_name(format!("{name}-{i}"))
                 .enable_all()
                 .build()
@@ -455,7 +470,10 @@ where
     // A small buffer takes whatever has arrived in one call; reads of a big packet's body
     // bypass it once it is empty (tokio's BufReader), so bulk data is copied at most
     // `SOCKET_READ_BUFFER` bytes per packet more than before.
-    let stream = tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, QuickAck::new(stream));
+    let stream = tokio::io::BufReader::with_capacity(
+        SOCKET_READ_BUFFER,
+        QuickAck::new(Watched::new(stream)),
+    );
     // The version exchange happens here, under the login grace time too.
     let running = tokio::select! {
         r = tokio::time::timeout(grace, russh::server::run_stream(russh, stream, handler)) => r,

@@ -16,7 +16,14 @@ struct Runtimes(Vec<tokio::runtime::Runtime>);
 
 impl Runtimes {
     fn new(count: usize) -> Self {
-        Runtimes(sftpgate_server::connection_runtimes(count, "conn-test").expect("runtimes"))
+        Runtimes(
+            sftpgate_server::connection_runtimes(
+                count,
+                "conn-test",
+                sftpgate_server::DEFAULT_IDLE_SPIN,
+            )
+            .expect("runtimes"),
+        )
     }
 
     fn handles(&self) -> Vec<tokio::runtime::Handle> {

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 /// start tens of thousands.
 const MAX_CONNECTION_THREADS: usize = 1024;
 
+/// Most `idle_spin`: past a few round trips, sleeping costs less than polling.
+const MAX_IDLE_SPIN: Duration = Duration::from_millis(10);
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -31,6 +34,13 @@ pub struct Config {
     /// the fewest connections when it arrives); 0: one per CPU. Storage operations that
     /// wait for a disk run on a blocking pool beside them, never on these threads.
     pub connection_threads: usize,
+    /// After a connection thread has answered a small request, how long it keeps polling
+    /// for work before it sleeps (`"200us"`; `"0s"`: never). Shortens each round trip of a
+    /// small-file transfer (on a VM by about a third) for CPU the thread would have slept
+    /// through; bulk transfers never spin, and spins that find nothing make the next ones
+    /// skip. At most 10 ms.
+    #[serde(with = "humantime_serde")]
+    pub idle_spin: Duration,
     /// Authentication methods offered.
     pub auth: AuthConfig,
     /// Lifecycle and transport timeouts.
@@ -69,6 +79,7 @@ impl Default for Config {
             database_url: String::new(),
             host_key: "host_ed25519_key".into(),
             connection_threads: 0,
+            idle_spin: sftpgate_server::DEFAULT_IDLE_SPIN,
             auth: AuthConfig::default(),
             timeouts: TimeoutsConfig::default(),
             limits: LimitsConfig::default(),
@@ -365,6 +376,9 @@ impl Config {
         }
         if self.connection_threads > MAX_CONNECTION_THREADS {
             bail!("connection_threads can be at most {MAX_CONNECTION_THREADS} (0: one per CPU)");
+        }
+        if self.idle_spin > MAX_IDLE_SPIN {
+            bail!("idle_spin can be at most 10ms (it is CPU time a thread spends waiting; \"0s\" turns it off)");
         }
         let ban = &self.auth.ban;
         if ban.max_failures > 0 && (ban.window.is_zero() || ban.ban_time.is_zero()) {
@@ -679,6 +693,20 @@ mod tests {
             err.contains("connection_threads can be at most 1024"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn idle_spin_from_a_variable_off_with_zero_and_bounded() {
+        let default = Config::load(None, env(&[])).unwrap();
+        assert_eq!(default.idle_spin, Duration::from_micros(200));
+        let config = Config::load(None, env(&[("SFTPGATE_IDLE_SPIN", "50us")])).unwrap();
+        assert_eq!(config.idle_spin, Duration::from_micros(50));
+        let off = Config::load(None, env(&[("SFTPGATE_IDLE_SPIN", "0s")])).unwrap();
+        assert!(off.idle_spin.is_zero());
+        let err = Config::load(None, env(&[("SFTPGATE_IDLE_SPIN", "1s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("idle_spin can be at most 10ms"), "{err}");
     }
 
     #[test]

@@ -149,6 +149,7 @@ fn main() -> anyhow::Result<ExitCode> {
             let connections = sftpgate_server::connection_runtimes(
                 config.connection_thread_count(),
                 "sftpgate-conn",
+                config.idle_spin,
             )
             .context("starting the connection runtimes")?;
             let handles = connections.iter().map(|r| r.handle().clone()).collect();

@@ -118,6 +118,14 @@ fn metrics_move_during_a_transfer() {
         FILE_SIZE as f64
     );
     assert!(value(&after, "sftpgate_connections_total", &[]) >= 1.0);
+    // The connection thread polled for the next request after small answers (idle_spin's
+    // default), and counted the time it took.
+    let spins = ["found", "missed"]
+        .map(|result| value(&after, "sftpgate_idle_spins_total", &[("result", result)]));
+    assert!(spins.iter().sum::<f64>() >= 1.0, "idle spins: {spins:?}");
+    // A miss polled the whole budget (200 us).
+    let spun = value(&after, "sftpgate_idle_spin_microseconds_total", &[]);
+    assert!(spun >= 200.0 * spins[1], "{spun} us for {spins:?}");
     assert_eq!(
         value(
             &after,

@@ -59,6 +59,10 @@ struct Args {
     /// on one of them, beside a runtime of two workers for the accept loop.
     #[arg(long)]
     threads: Option<usize>,
+    /// How long a connection thread polls for the next request after a small answer, in
+    /// microseconds (as `sftpgate serve`'s `idle_spin`; 0: never).
+    #[arg(long, default_value_t = sftpgate_server::DEFAULT_IDLE_SPIN.as_micros() as u64)]
+    idle_spin_us: u64,
     /// Set TCP_NODELAY on the listening socket (Linux copies it to accepted sockets).
     /// `Server::run` sets it on every accepted socket itself now; kept so that older
     /// command lines still run.
@@ -90,8 +94,12 @@ fn main() -> anyhow::Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     // As `sftpgate serve` (crates/sftpgate/src/main.rs).
-    let connections = sftpgate_server::connection_runtimes(threads, "slowfs-conn")
-        .context("starting the connection runtimes")?;
+    let connections = sftpgate_server::connection_runtimes(
+        threads,
+        "slowfs-conn",
+        std::time::Duration::from_micros(args.idle_spin_us),
+    )
+    .context("starting the connection runtimes")?;
     let handles = connections.iter().map(|r| r.handle().clone()).collect();
     let served = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
