@@ -29,7 +29,7 @@
 #        BENCH_BUILD       1: cargo build --release first (1)
 #        BENCH_STATE       state dir (/dev/shm/sftpgate-e2e-<uid>); removed at the end unless
 #                          BENCH_KEEP_STATE=1
-#        also the harness's BENCH_SMALL_N, BENCH_SMALL_KB, BENCH_LS_N, BENCH_STAT_N,
+#        also the harness's BENCH_SMALL_N, BENCH_SMALL_KB, BENCH_LS_N, BENCH_LS_REPEAT, BENCH_STAT_N,
 #        BENCH_DEEP_ARGS, BENCH_KEX
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -43,7 +43,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 : "${BENCH_BASE:=openssh-external}"
 : "${BENCH_DOC=$REPO/docs/performance.md}"
 export BENCH_SIZE_MB
-for v in BENCH_SMALL_N BENCH_SMALL_KB BENCH_LS_N BENCH_STAT_N BENCH_DEEP_ARGS BENCH_KEX; do
+for v in BENCH_SMALL_N BENCH_SMALL_KB BENCH_LS_N BENCH_LS_REPEAT BENCH_STAT_N BENCH_DEEP_ARGS BENCH_KEX; do
   if [[ -n "${!v:-}" ]]; then export "${v?}"; fi
 done
 COMMAND="BENCH_RUNS=$BENCH_RUNS BENCH_SIZE_MB=$BENCH_SIZE_MB${BENCH_INTERLEAVE:+ BENCH_INTERLEAVE=$BENCH_INTERLEAVE} bench/e2e.sh"

@@ -35,6 +35,38 @@ where
     }
 }
 
+/// An operation started on the blocking pool before its result is asked for, so that it
+/// runs while the client is busy with the previous result (a listing's next batch, see
+/// `dir.rs`) instead of after the client's next request arrives.
+pub(crate) struct Ahead<T>(tokio::task::JoinHandle<Result<T, FsError>>);
+
+impl<T: Send + 'static> Ahead<T> {
+    /// Starts `op` on the blocking pool, or returns `None` where there is no pool to
+    /// overlap with (a current-thread runtime, where [`blocking`] runs inline, or no runtime):
+    /// the caller then runs it through [`blocking`] when the result is wanted.
+    pub(crate) fn start<F>(op: F) -> Option<Ahead<T>>
+    where
+        F: FnOnce() -> Result<T, FsError> + Send + 'static,
+    {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            return None;
+        }
+        Some(Ahead(runtime.spawn_blocking(op)))
+    }
+
+    /// Waits for the operation's result. Dropping this future leaves the operation running
+    /// and the `Ahead` able to deliver its result later; once it has delivered, the caller
+    /// drops the `Ahead` (polling it again would wait on a finished task).
+    pub(crate) async fn result(&mut self) -> Result<T, FsError> {
+        match (&mut self.0).await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => Err(FsError::Other("storage operation panicked".into())),
+            Err(_) => Err(FsError::Other("storage operation was cancelled".into())),
+        }
+    }
+}
+
 /// Most pool threads one [`Lane`] keeps busy at once.
 const LANE_THREADS: usize = 4;
 
