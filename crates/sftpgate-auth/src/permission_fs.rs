@@ -320,6 +320,9 @@ impl File for PermissionFile {
     fn read_len_hint(&self, offset: u64, len: u32) -> Option<u32> {
         self.inner.read_len_hint(offset, len)
     }
+    fn reads_from_memory(&self) -> bool {
+        self.inner.reads_from_memory()
+    }
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         self.inner.write(offset, data).await
     }

@@ -31,6 +31,8 @@ pub(crate) struct LocalFile {
     /// The file's size as this handle last saw it (at open, after its writes, from fstat):
     /// what a read sizes its buffer by (see [`LocalFile::read_len`]).
     known_size: AtomicU64,
+    /// The file lives in memory (see [`crate::blocking::in_memory`]).
+    in_memory: bool,
 }
 
 /// Buffer of a read past the known size, when fstat says the file has not grown: the
@@ -56,6 +58,7 @@ impl LocalFile {
             lane: Arc::new(lane()),
             write_lane: Arc::new(lane().one_at_a_time()),
             known_size: AtomicU64::new(size),
+            in_memory,
         }
     }
 
@@ -133,6 +136,11 @@ impl File for LocalFile {
     fn read_len_hint(&self, offset: u64, len: u32) -> Option<u32> {
         let known = self.known_size.load(Ordering::Relaxed);
         Some(u32::try_from(known.saturating_sub(offset)).map_or(len, |left| len.min(left)))
+    }
+
+    /// A file on tmpfs or ramfs: its reads are copies made inline (see `read`).
+    fn reads_from_memory(&self) -> bool {
+        self.in_memory
     }
 
     /// `pwrite(2)` until every byte is written. On a file opened with APPEND, Linux's

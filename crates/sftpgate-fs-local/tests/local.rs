@@ -874,3 +874,26 @@ async fn concurrent_bulk_writes_to_a_file_in_memory_all_land() {
     let written = std::fs::read(dir.path().join("bulk")).expect("read back");
     assert!(written == content, "the file differs from what was written");
 }
+
+/// A file on tmpfs says its reads never wait (the server then reads it only a little
+/// ahead of what it can send); a file on the temporary directory's filesystem says so
+/// only if that is a tmpfs too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_in_memory_say_so() {
+    let (dir, fs) = fresh();
+    std::fs::write(dir.path().join("f"), b"x").expect("file");
+    let file = fs
+        .open(&p("/f"), OpenFlags::READ, &FileAttributes::new())
+        .await
+        .expect("open");
+    let tmpfs = rustix::fs::statfs(dir.path()).is_ok_and(|fs| fs.f_type as u64 == 0x0102_1994);
+    assert_eq!(file.reads_from_memory(), tmpfs);
+    if let Some((dir, fs)) = fresh_in_memory() {
+        std::fs::write(dir.path().join("f"), b"x").expect("file");
+        let file = fs
+            .open(&p("/f"), OpenFlags::READ, &FileAttributes::new())
+            .await
+            .expect("open");
+        assert!(file.reads_from_memory());
+    }
+}

@@ -21,6 +21,8 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, ReadBuf};
 
 const FILE_SIZE: usize = 1 << 20;
 const READ_LEN: u32 = 32 * 1024;
+/// A READ larger than the server answers in its reader's own poll (64 KiB).
+const LARGE_READ_LEN: u32 = 128 * 1024;
 /// Requests the client pipelines: 29 bytes each (5.8 MB), 6.5 GB of replies if answered.
 const PIPELINED: u32 = 200_000;
 const MAX_OUTSTANDING: usize = 64;
@@ -35,6 +37,37 @@ const SETTLE: Duration = Duration::from_millis(500);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_never_reads_replies_holds_bounded_memory() {
+    // The file does not say it is in memory: the READ budget is `max_pending_read_bytes`.
+    never_reading_client(false, READ_LEN, MAX_PENDING_READ).await;
+}
+
+/// A file in memory is read in large READs only `max_pending_memory_read_bytes` ahead of
+/// what is sent, however deep the client pipelines and however large
+/// `max_pending_read_bytes` is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_in_memory_is_read_little_ahead_of_what_is_sent() {
+    let budget = Limits::default().max_pending_memory_read_bytes;
+    never_reading_client(true, LARGE_READ_LEN, budget).await;
+}
+
+/// Small READs of a file in memory keep the full budget: they are answered in the
+/// reader's own poll while it is at hand.
+#[tokio::test(flavor = "multi_thread")]
+async fn small_reads_of_a_file_in_memory_keep_the_full_budget() {
+    let executed = never_reading_client(true, READ_LEN, MAX_PENDING_READ).await;
+    let small_budget = Limits::default().max_pending_memory_read_bytes;
+    let within_small = small_budget / READ_LEN as usize + PIPE / READ_LEN as usize + 2;
+    assert!(
+        executed > within_small,
+        "{executed} small READs executed: held to the budget of large ones ({within_small})"
+    );
+}
+
+/// A client pipelines READs and never reads a reply: the server must stop executing them
+/// within `budget` bytes of replies (plus the pipes), stop taking input, and go on once
+/// the client reads. `from_memory`: whether the file says its reads never wait; READs of
+/// `read_len` bytes.
+async fn never_reading_client(from_memory: bool, read_len: u32, budget: usize) -> usize {
     let fs = MemoryFs::default();
     {
         let flags = OpenFlags::WRITE | OpenFlags::CREAT;
@@ -56,6 +89,7 @@ async fn a_client_that_never_reads_replies_holds_bounded_memory() {
     let factory = Factory(CountingFs {
         inner: fs,
         reads: reads.clone(),
+        from_memory,
     });
     let config = ServerConfig {
         limits: Limits {
@@ -124,8 +158,8 @@ async fn a_client_that_never_reads_replies_holds_bounded_memory() {
             Request::Read {
                 id,
                 handle: handle.clone(),
-                offset: u64::from(id % 32) * u64::from(READ_LEN),
-                len: READ_LEN,
+                offset: u64::from(id) * u64::from(read_len) % FILE_SIZE as u64,
+                len: read_len,
             }
             .encode(&mut out);
             if out.len() >= PIPE && client_in.write_all(&out.split()).await.is_err() {
@@ -139,9 +173,9 @@ async fn a_client_that_never_reads_replies_holds_bounded_memory() {
     let stalled = wait_until_still(&reads, &consumed).await;
     assert!(!pipeliner.is_finished(), "the server took in every request");
     let (executed, taken) = stalled;
-    // Replies not yet sent hold the READ budget: at most MAX_PENDING_READ bytes of DATA,
-    // plus what fits in the output pipe and the one the writer holds.
-    let max_reads = MAX_PENDING_READ / READ_LEN as usize + PIPE / READ_LEN as usize + 2;
+    // Replies not yet sent hold the READ budget: at most `budget` bytes of DATA, plus what
+    // fits in the output pipe and the one the writer holds.
+    let max_reads = budget / read_len as usize + PIPE / read_len as usize + 2;
     assert!(
         executed <= max_reads,
         "{executed} READs executed with nobody reading (bound {max_reads})"
@@ -188,6 +222,7 @@ async fn a_client_that_never_reads_replies_holds_bounded_memory() {
         .expect("the session ends once its client is gone")
         .unwrap();
     assert!(ended.is_ok(), "{ended:?}");
+    executed
 }
 
 /// Waits (bounded) until `reads` and `consumed` stop changing for [`SETTLE`]; returns them.
@@ -242,14 +277,17 @@ impl SftpFactory<()> for Factory {
         Ok(Arc::new(CountingFs {
             inner: self.0.inner.clone(),
             reads: self.0.reads.clone(),
+            from_memory: self.0.from_memory,
         }))
     }
 }
 
-/// `MemoryFs` counting the reads it executes.
+/// `MemoryFs` counting the reads it executes; its files say they are in memory only if
+/// `from_memory`.
 struct CountingFs {
     inner: MemoryFs,
     reads: Arc<AtomicUsize>,
+    from_memory: bool,
 }
 
 #[async_trait::async_trait]
@@ -264,6 +302,7 @@ impl Filesystem for CountingFs {
         Ok(Box::new(CountingFile {
             inner,
             reads: self.reads.clone(),
+            from_memory: self.from_memory,
         }))
     }
     async fn opendir(&self, path: &VPath) -> Result<Box<dyn Dir>, FsError> {
@@ -301,6 +340,7 @@ impl Filesystem for CountingFs {
 struct CountingFile {
     inner: Box<dyn File>,
     reads: Arc<AtomicUsize>,
+    from_memory: bool,
 }
 
 #[async_trait::async_trait]
@@ -308,6 +348,9 @@ impl File for CountingFile {
     async fn read(&self, offset: u64, len: u32, buf: &mut BytesMut) -> Result<usize, FsError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.read(offset, len, buf).await
+    }
+    fn reads_from_memory(&self) -> bool {
+        self.from_memory && self.inner.reads_from_memory()
     }
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         self.inner.write(offset, data).await

@@ -409,6 +409,10 @@ impl File for MemoryFile {
         Some(u32::try_from(size.saturating_sub(offset)).map_or(len, |left| len.min(left)))
     }
 
+    fn reads_from_memory(&self) -> bool {
+        true
+    }
+
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         if !self.flags.intersects(OpenFlags::WRITE | OpenFlags::APPEND) {
             return Err(FsError::PermissionDenied);

@@ -115,6 +115,12 @@ impl HandleTable {
         }
     }
 
+    /// Whether the handle is a file whose reads never wait for a device
+    /// ([`sftpgate_vfs::File::reads_from_memory`]).
+    pub(crate) fn reads_from_memory(&self, handle: &[u8]) -> bool {
+        matches!(self.get(handle), Ok(Handle::File(f)) if f.file.reads_from_memory())
+    }
+
     /// Takes a handle out of the table (CLOSE).
     pub(crate) fn remove(&self, handle: &[u8]) -> Result<Handle, FsError> {
         let id = parse(handle)?;
