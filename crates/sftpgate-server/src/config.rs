@@ -151,11 +151,13 @@ pub struct Limits {
     /// Bytes of READ replies being produced or waiting to be sent, per session.
     pub max_pending_read_bytes: usize,
     /// The same for READs of more than 64 KiB of files whose reads never wait for a device
-    /// (files in memory, [`sftpgate_vfs::File::reads_from_memory`]), counted apart: reading those further
-    /// ahead of what the client's window lets the server send hides no latency and leaves
-    /// the data cold in the CPU's caches by the time it is sealed and sent. 512 KiB: two
-    /// of OpenSSH's 255 KiB READs; at least one `max_read` is always allowed, and never
-    /// more than `max_pending_read_bytes`. Why: docs/performance.md, "Nineteenth run".
+    /// (files in memory, [`sftpgate_vfs::File::reads_from_memory`]), counted apart:
+    /// reading those further ahead of what the client's window lets the server send hides
+    /// no latency and leaves the data cold in the CPU's caches by the time it is sealed and
+    /// sent. 512 KiB: two of OpenSSH's 255 KiB READs; at least one `max_read` is always
+    /// allowed, and never more than `max_pending_read_bytes`. Smaller READs keep the large
+    /// budget: they are answered in the reader's own poll while it is at hand. Why:
+    /// docs/performance.md, "Nineteenth run".
     pub max_pending_memory_read_bytes: usize,
     /// Open file and directory handles per session.
     pub max_handles: usize,

@@ -151,9 +151,9 @@ pub trait File: Send + Sync + 'static {
 
     /// Whether this file's reads never wait for a device: its data is in memory (tmpfs,
     /// ramfs, the memory backend) and a read is a copy done at once. The server then reads
-    /// it only a little ahead of what the client lets it send (`Limits::
-    /// max_pending_memory_read_bytes`): further ahead hides no latency, and leaves the data
-    /// cold in the CPU's caches by the time it is sealed and sent. `false`, the default,
+    /// it in large READs only a little ahead of what the client lets it send (the server's
+    /// `Limits::max_pending_memory_read_bytes`): further ahead hides no latency, and leaves
+    /// the data cold in the CPU's caches by the time it is sealed and sent. `false`, the default,
     /// keeps the deep read-ahead that hides a slow device's latency; a wrapper forwards it
     /// only if it adds no wait of its own. Must not block.
     fn reads_from_memory(&self) -> bool {
