@@ -210,10 +210,17 @@ mod tests {
         let (_root, mut dir) = listing(298);
         let first = dir.next_batch().await.unwrap();
         assert_eq!(first.len(), BATCH);
-        // Hold the listing so that the batch read ahead cannot finish, ask for it, give
-        // up while it waits (a request cancelled mid-way), then ask again.
+        // The second batch's read ahead may already have run: take it as a READDIR
+        // would, then hold the listing and start the third batch's read ahead so that it
+        // cannot finish (waiting on the lock), ask for it, give up while it waits (a
+        // request cancelled mid-way), then ask again.
+        let second = dir.ahead.take().unwrap().result().await.unwrap();
+        assert_eq!(second.len(), BATCH);
         let state = dir.state.clone();
         let held = state.lock().unwrap();
+        let blocked = dir.state.clone();
+        dir.ahead = Ahead::start(move || read_batch(&blocked));
+        assert!(dir.ahead.is_some());
         {
             let mut request = std::pin::pin!(dir.next_batch());
             let poll = request
@@ -222,7 +229,7 @@ mod tests {
             assert!(matches!(poll, Poll::Pending));
         }
         drop(held);
-        let mut batches = vec![first];
+        let mut batches = vec![first, second];
         loop {
             let batch = dir.next_batch().await.unwrap();
             if batch.is_empty() {
