@@ -163,6 +163,95 @@ async fn pipelined_32k_reads_arrive_in_whole_packets() {
     server.stop().await;
 }
 
+/// Large READs of a file in memory are read into one buffer per SSH packet, which SSH
+/// seals where it lies (see `Dispatcher::read_into_packets`): the client gets the same
+/// replies, in whole packets; a read failing partway gives a short read, then the error.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_large_reads_of_files_in_memory_arrive_in_whole_packets() {
+    const LEN: usize = 255 * 1024;
+    const N: usize = 12;
+    const SIZE: usize = N * LEN - 5_000;
+    const FAILS_FROM: u64 = 100_000;
+    let mut server = TestServer::start(Options {
+        fs: FsBehavior {
+            reads_from_memory: true,
+            ..FsBehavior::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let content: Vec<u8> = (0..SIZE).map(|j| (j % 251) as u8).collect();
+    std::fs::write(server.root.join("big"), &content).unwrap();
+    let (_client, mut sftp) = server.sftp_client().await;
+    let handle = sftp.open("/big", OpenFlags::READ).await.unwrap();
+    // At offsets 7 past each 255 KiB: every reply's data placed differently, the last
+    // one short at the end of the file.
+    let requests = (0..N)
+        .map(|i| Request::Read {
+            id: 5000 + i as u32,
+            handle: handle.clone(),
+            offset: (i * LEN + 7) as u64,
+            len: LEN as u32,
+        })
+        .collect();
+    let before = sftp.data_messages.len();
+    let (replies, _order) = pipeline(&mut sftp, requests).await;
+    for i in 0..N {
+        let (from, to) = (i * LEN + 7, ((i + 1) * LEN + 7).min(SIZE));
+        match &replies[&(5000 + i as u32)] {
+            Response::Data { data, .. } => {
+                assert!(data[..] == content[from..to], "READ {i}: wrong data")
+            }
+            other => panic!("READ {i}: {other:?}"),
+        }
+    }
+    let sizes = &sftp.data_messages[before..];
+    assert!(sizes.iter().all(|&s| s <= 32_768), "{sizes:?}");
+    // Each reply is 261,133 bytes: seven whole packets and one of 31,757 (the last
+    // shorter), and the pipeline's closing STAT one more; a packet that met a window
+    // opened only in part goes out in two (russh), not more.
+    let whole = sizes.iter().filter(|&&s| s == 32_768).count();
+    assert!(whole >= 7 * N - N / 2, "{whole} whole packets: {sizes:?}");
+    assert!(
+        sizes.len() <= 8 * N + 1 + N / 2,
+        "{} messages: {sizes:?}",
+        sizes.len()
+    );
+    sftp.close(&handle).await.unwrap();
+    sftp.eof().await;
+    server.log.wait_exits(1).await;
+    server.stop().await;
+
+    // Reads at 100,000 and past fail. The packet reads before it succeed: 0, 32,755,
+    // 65,523 and 98,291 (to 131,059), so the READ comes back short; the client asks
+    // again from there and gets the error.
+    let mut server = TestServer::start(Options {
+        fs: FsBehavior {
+            reads_from_memory: true,
+            read_fails_from: Some(FAILS_FROM),
+            ..FsBehavior::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    std::fs::write(server.root.join("big"), &content).unwrap();
+    let (_client, mut sftp) = server.sftp_client().await;
+    let handle = sftp.open("/big", OpenFlags::READ).await.unwrap();
+    let short = 32_755 + 3 * 32_768;
+    let data = sftp.read(&handle, 0, LEN as u32).await.expect("first READ");
+    assert!(data[..] == content[..short], "short read of {}", data.len());
+    let (code, message) = sftp
+        .read(&handle, short as u64, LEN as u32)
+        .await
+        .expect_err("second READ");
+    assert_eq!(code, StatusCode::Failure);
+    assert!(message.contains("simulated read failure"), "{message}");
+    sftp.close(&handle).await.unwrap();
+    sftp.eof().await;
+    server.log.wait_exits(1).await;
+    server.stop().await;
+}
+
 /// A READ that overlaps an earlier, slow WRITE waits for it and sees its data; a READ on
 /// another handle does not wait. (A READ of another range of the same handle runs without
 /// waiting too, but replies after the WRITE: replies on one handle keep request order, see

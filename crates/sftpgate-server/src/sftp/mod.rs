@@ -280,6 +280,8 @@ where
         session: ctx.session,
         stats: Default::default(),
         metrics: SessionMetrics::register(),
+        // As the writer packs replies (`writer::run`).
+        packet: outlet.packet_size().filter(|&m| m > writer::REPLY_HEADROOM),
     });
     let serving = Serving {
         dispatcher: dispatcher.clone(),
@@ -723,20 +725,20 @@ async fn request_task(task: RequestTask) {
     // The WRITE data is stored (or refused): its budget frees up now, not when the reply
     // has been sent, so that the reader never waits on the client's window.
     drop(held.write);
-    let (status, start) = match &result {
-        Ok(dispatched) => (dispatched.status, dispatched.start),
+    let (status, start, more) = match result {
+        Ok(dispatched) => (dispatched.status, dispatched.start, dispatched.more),
         Err(panic) => {
             metrics::counter!("sftpgate_request_panics_total").increment(1);
             tracing::error!(
                 %session,
                 id,
                 request = ?name,
-                panic = panic_message(&**panic),
+                panic = panic_message(&*panic),
                 "request handler panicked; the request fails, the session goes on"
             );
             out.clear();
             encode_status(&mut out, id, StatusCode::Failure, "Internal server error");
-            (StatusCode::Failure, 0)
+            (StatusCode::Failure, 0, Vec::new())
         }
     };
     dispatcher.metrics.count_request(op, status);
@@ -748,6 +750,7 @@ async fn request_task(task: RequestTask) {
     let _ = replies.send(Outgoing {
         buf: out,
         start,
+        more,
         hold,
     });
     // Only now, once the reply is queued: the requests ordered after this one reply after

@@ -16,7 +16,9 @@
 //! A reply that is one whole packet then goes to SSH in its own buffer, with room in front
 //! and spare capacity behind (`Outlet::send_in_place`): russh writes the packet's header,
 //! padding and MAC around the data and seals it there, so the data of a READ is copied only
-//! by the kernel (into the buffer, and out to the socket).
+//! by the kernel (into the buffer, and out to the socket). A READ larger than a packet comes
+//! already cut into packets, one buffer each ([`Outgoing::more`]), and goes out the same way,
+//! packet by packet.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +47,9 @@ pub(crate) struct Outgoing {
     /// The reply is `buf[start..]`; the bytes before it are room the writer may overwrite.
     pub(crate) buf: BytesMut,
     pub(crate) start: usize,
+    /// The rest of the reply, if it was cut into SSH packets: then `buf[start..]` is one
+    /// whole packet, and so is every frame but the last, each with room around it.
+    pub(crate) more: Vec<Frame>,
     pub(crate) hold: Vec<OwnedSemaphorePermit>,
 }
 
@@ -54,8 +59,22 @@ impl Outgoing {
         Outgoing {
             buf,
             start: 0,
+            more: Vec::new(),
             hold,
         }
+    }
+}
+
+/// Bytes of a reply, `buf[start..]`, with room in front of them (at least
+/// [`PACKET_HEAD_ROOM`]) and spare capacity behind them for their SSH packet.
+pub(crate) struct Frame {
+    pub(crate) buf: BytesMut,
+    pub(crate) start: usize,
+}
+
+impl Frame {
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len() - self.start
     }
 }
 
@@ -119,8 +138,20 @@ pub(crate) async fn run<O: Outlet>(
         let Outgoing {
             mut buf,
             mut start,
+            mut more,
             hold,
         } = reply;
+        // A reply cut into packets: what waits goes out first (the first packet is full),
+        // then the packets, each sealed where it lies; the last one is sent as any reply
+        // (its tail may go with the next reply).
+        if let Some(last) = more.pop() {
+            flush(&*channel, &mut pending, &mut held).await?;
+            channel.send_in_place(buf, start).await?;
+            for frame in more {
+                channel.send_in_place(frame.buf, frame.start).await?;
+            }
+            Frame { buf, start } = last;
+        }
         let len = buf.len() - start;
         if len < SMALL_REPLY {
             pending.extend_from_slice(&buf[start..]);
@@ -225,6 +256,7 @@ mod tests {
         Outgoing {
             buf,
             start: room,
+            more: Vec::new(),
             hold: Vec::new(),
         }
     }
@@ -291,6 +323,7 @@ mod tests {
             replies.push(Outgoing {
                 buf,
                 start,
+                more: Vec::new(),
                 hold: Vec::new(),
             });
             if i % 5 == 0 {
@@ -319,6 +352,55 @@ mod tests {
         // All whole packets but the one cut short by a tail that outgrew the room.
         let whole = sent.iter().filter(|b| b.len() == M).count();
         assert!(whole >= 46, "{whole} whole packets of {}", sent.len());
+    }
+
+    #[tokio::test]
+    async fn replies_cut_into_packets_go_out_packet_by_packet_after_what_waited() {
+        const M: usize = 32_768;
+        // A small reply, a 32 KiB READ's reply (whose tail waits), then a READ cut into
+        // packets as the dispatcher cuts one (three whole packets and a short one), then
+        // another small reply.
+        let frame = |len: usize, fill: u8| {
+            let (mut buf, start) = super::super::dispatch::data_packet_buffer(0, len);
+            buf.resize(start + len, fill);
+            Frame { buf, start }
+        };
+        let mut cut = reply(M, 3, REPLY_HEADROOM);
+        cut.more = vec![frame(M, 4), frame(M, 5), frame(20_000, 6)];
+        let replies = vec![
+            reply(30, 1, 0),
+            reply(M + 13, 2, REPLY_HEADROOM),
+            cut,
+            reply(40, 7, 0),
+        ];
+        let shape = [
+            (30, 1u8),
+            (M + 13, 2),
+            (M, 3),
+            (M, 4),
+            (M, 5),
+            (20_000, 6),
+            (40, 7),
+        ];
+        let (sent, rooms) = write_all_rooms(Some(M), replies, 0).await;
+        let stream: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(
+            stream,
+            expected(&shape),
+            "the byte stream is the replies in order"
+        );
+        let lens: Vec<usize> = sent.iter().map(Bytes::len).collect();
+        // The small reply rode in front of the 32 KiB one, whose tail (43 bytes) went out
+        // before the packets, each of which was sent in place.
+        assert_eq!(lens, [M, 43, M, M, M, 20_000, 40]);
+        assert_eq!(rooms.len(), 5, "{rooms:?}");
+        for (i, &(front, _)) in rooms.iter().enumerate() {
+            assert!(front >= PACKET_HEAD_ROOM, "send {i}: {front} in front");
+        }
+        // (This test's replies have no spare capacity; the frames have.)
+        for &(_, behind) in &rooms[2..] {
+            assert!(behind >= PACKET_TAIL_ROOM, "a frame with {behind} behind");
+        }
     }
 
     #[tokio::test]

@@ -342,6 +342,11 @@ pub struct FsBehavior {
     /// `File::close` panics (after closing the real file and recording
     /// [`Event::FileClose`] with `ok: false`).
     pub close_panics: bool,
+    /// Files say that they read from memory (`File::reads_from_memory`), wherever they are:
+    /// the server then reads large READs into one buffer per SSH packet.
+    pub reads_from_memory: bool,
+    /// Every `File::read` at or past this offset fails.
+    pub read_fails_from: Option<u64>,
 }
 
 /// The path whose `stat` panics with [`FsBehavior::panic_on_stat`].
@@ -758,7 +763,17 @@ impl File for RecordingFile {
             });
             std::future::pending::<()>().await;
         }
+        if self
+            .behavior
+            .read_fails_from
+            .is_some_and(|from| offset >= from)
+        {
+            return Err(FsError::Other("simulated read failure".into()));
+        }
         self.inner.read(offset, len, buf).await
+    }
+    fn reads_from_memory(&self) -> bool {
+        self.behavior.reads_from_memory
     }
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         if let Some(delay) = self.behavior.write_delay {
