@@ -261,6 +261,15 @@ mod tests {
         }
     }
 
+    /// Checks that the byte stream of `sent` is the replies of `shape` in order.
+    fn assert_in_order(sent: &[Bytes], shape: &[(usize, u8)]) {
+        let stream: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
+        assert!(
+            stream == expected(shape),
+            "the byte stream is not the replies in order"
+        );
+    }
+
     fn expected(replies: &[(usize, u8)]) -> Vec<u8> {
         replies
             .iter()
@@ -332,12 +341,7 @@ mod tests {
             }
         }
         let (sent, rooms) = write_all_rooms(Some(M), replies, 0).await;
-        let stream: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
-        assert_eq!(
-            stream,
-            expected(&shape),
-            "the byte stream is the replies in order"
-        );
+        assert_in_order(&sent, &shape);
         assert_eq!(rooms.len(), 48, "every DATA reply is sent in place");
         for (i, &(front, behind)) in rooms.iter().enumerate() {
             assert!(
@@ -383,12 +387,7 @@ mod tests {
             (40, 7),
         ];
         let (sent, rooms) = write_all_rooms(Some(M), replies, 0).await;
-        let stream: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
-        assert_eq!(
-            stream,
-            expected(&shape),
-            "the byte stream is the replies in order"
-        );
+        assert_in_order(&sent, &shape);
         let lens: Vec<usize> = sent.iter().map(Bytes::len).collect();
         // The small reply rode in front of the 32 KiB one, whose tail (43 bytes) went out
         // before the packets, each of which was sent in place.
@@ -412,12 +411,7 @@ mod tests {
             .map(|&(len, fill)| reply(len, fill, REPLY_HEADROOM))
             .collect();
         let sent = write_all(Some(M), replies, 0).await;
-        let stream: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
-        assert_eq!(
-            stream,
-            expected(&shape),
-            "the byte stream is the replies in order"
-        );
+        assert_in_order(&sent, &shape);
         // Eight whole packets, then the last reply's tail (8 x 13 bytes).
         let lens: Vec<usize> = sent.iter().map(Bytes::len).collect();
         assert_eq!(lens, [vec![M; 8], vec![8 * 13]].concat());
@@ -430,8 +424,7 @@ mod tests {
         // No room in front: a tail cannot travel with the next reply.
         let replies = shape.iter().map(|&(l, f)| reply(l, f, 0)).collect();
         let sent = write_all(Some(M), replies, 0).await;
-        let stream: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
-        assert_eq!(stream, expected(&shape));
+        assert_in_order(&sent, &shape);
         let lens: Vec<usize> = sent.iter().map(Bytes::len).collect();
         assert_eq!(lens, [M, 13 + 100, M, 13, 20_000]);
         // A byte stream (no packets): every reply whole, small ones gathered.
@@ -450,8 +443,7 @@ mod tests {
             .map(|&(l, f)| reply(l, f, REPLY_HEADROOM))
             .collect();
         let sent = write_all(Some(M), replies, 0).await;
-        let stream: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
-        assert_eq!(stream, expected(&shape));
+        assert_in_order(&sent, &shape);
         let lens: Vec<usize> = sent.iter().map(Bytes::len).collect();
         assert_eq!(lens, [M, M, 5 + 30]);
     }
