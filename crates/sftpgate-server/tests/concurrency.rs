@@ -164,7 +164,7 @@ async fn pipelined_32k_reads_arrive_in_whole_packets() {
 }
 
 /// Large READs of a file in memory are read into one buffer per SSH packet, which SSH
-/// seals where it lies (see `Dispatcher::read_into_packets`): the client gets the same
+/// seals where it lies (see `Dispatcher::read`): the client gets the same
 /// replies, in whole packets; a read failing partway gives a short read, then the error.
 #[tokio::test(flavor = "multi_thread")]
 async fn pipelined_large_reads_of_files_in_memory_arrive_in_whole_packets() {

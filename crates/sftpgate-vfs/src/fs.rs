@@ -153,9 +153,11 @@ pub trait File: Send + Sync + 'static {
     /// ramfs, the memory backend) and a read is a copy done at once. The server then reads
     /// it in large READs only a little ahead of what the client lets it send (the server's
     /// `Limits::max_pending_memory_read_bytes`): further ahead hides no latency, and leaves
-    /// the data cold in the CPU's caches by the time it is sealed and sent. `false`, the default,
-    /// keeps the deep read-ahead that hides a slow device's latency; a wrapper forwards it
-    /// only if it adds no wait of its own. Must not block.
+    /// the data cold in the CPU's caches by the time it is sealed and sent; and it reads a
+    /// READ larger than one SSH packet one packet at a time (one [`File::read`] per 32 KiB
+    /// or so), each into the buffer that packet is sealed in. `false`, the default, keeps the
+    /// deep read-ahead that hides a slow device's latency and one read per READ; a wrapper
+    /// forwards it only if it adds no wait of its own. Must not block.
     fn reads_from_memory(&self) -> bool {
         false
     }

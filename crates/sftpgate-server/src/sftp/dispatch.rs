@@ -58,7 +58,7 @@ pub(super) fn data_reply_buffer(offset: u64, len: usize) -> (BytesMut, usize) {
 }
 
 /// A buffer for `len` bytes of a large READ's data read at `offset` that SSH sends as a
-/// packet of its own after the reply's first (see [`Dispatcher::read_into_packets`]): the
+/// packet of its own after the reply's first (see [`Dispatcher::read`]): the
 /// packet's header room in front, the data placed as in [`data_reply_buffer`], room for
 /// the packet's padding and MAC behind. The data starts at the returned `start`.
 pub(super) fn data_packet_buffer(offset: u64, len: usize) -> (BytesMut, usize) {
@@ -101,7 +101,7 @@ pub(crate) struct Dispatcher {
     pub(crate) metrics: SessionMetrics,
     /// The client's largest SSH packet, where replies go out in packets (an SSH channel;
     /// `None` on a byte stream): large READs of files in memory are then read into one
-    /// buffer per packet ([`Dispatcher::read_into_packets`]).
+    /// buffer per packet ([`Dispatcher::read`]).
     pub(crate) packet: Option<usize>,
 }
 
@@ -129,7 +129,7 @@ pub(crate) struct Dispatched {
     /// Where the reply starts; the bytes before it are room the writer may overwrite.
     pub(crate) start: usize,
     /// The rest of the reply, after the buffer's, one SSH packet each: a large READ's data
-    /// read into its packets ([`Dispatcher::read_into_packets`]); empty for other replies.
+    /// read into its packets ([`Dispatcher::read`]); empty for other replies.
     pub(crate) more: Vec<Frame>,
 }
 
@@ -235,34 +235,21 @@ impl Dispatcher {
             } => {
                 let file = self.handles.file(&handle)?;
                 let len = len.min(self.limits.max_read);
-                if let Some(packet) = self.packet.filter(|_| file.file.reads_from_memory()) {
-                    let expected = file.file.read_len_hint(offset, len).unwrap_or(len);
-                    // Not a reply the writer sends in place anyway: one packet and a tail
-                    // small enough to ride in front of the next reply (a 32 KiB READ's).
-                    if expected as usize + DATA_HEADER_LEN
-                        > packet + REPLY_HEADROOM - PACKET_HEAD_ROOM
-                    {
-                        return self
-                            .read_into_packets(&file, id, offset, expected, packet, out, more)
-                            .await;
-                    }
-                }
-                // Room, and bytes that place the data (see `data_reply_buffer`).
-                let (buffer, start) = data_reply_buffer(offset, len as usize);
-                *out = buffer;
-                let header_at = start;
-                encode_data_header(out, id, 0);
-                let data_at = out.len();
-                out.reserve(len as usize);
-                let n = file.file.read(offset, len, out).await?;
-                if n == 0 && len > 0 {
-                    return Err(FsError::Eof);
-                }
-                // The backend appended exactly n bytes: patch the lengths in the header.
-                debug_assert_eq!(out.len() - data_at, n);
-                self.count_read(&file, n);
-                out[header_at..data_at].copy_from_slice(&data_header(id, n));
-                return Ok(start);
+                // A large READ of a file in memory is read into its packets, unless the
+                // writer sends its reply in place anyway: one packet and a tail small enough
+                // to ride in front of the next reply (a 32 KiB READ's).
+                let into_packets = self
+                    .packet
+                    .filter(|_| file.file.reads_from_memory())
+                    .and_then(|packet| {
+                        let expected = file.file.read_len_hint(offset, len).unwrap_or(len);
+                        let spans = expected as usize + DATA_HEADER_LEN
+                            > packet + REPLY_HEADROOM - PACKET_HEAD_ROOM;
+                        spans.then_some((expected, packet))
+                    });
+                let (len, packet) =
+                    into_packets.map_or((len, None), |(expected, packet)| (expected, Some(packet)));
+                return self.read(&file, id, offset, len, packet, out, more).await;
             }
             Request::Write {
                 handle,
@@ -425,42 +412,43 @@ impl Dispatcher {
         served.map(|()| 0)
     }
 
-    /// A READ of `len` bytes (expected; the file decides) that spans several SSH packets of
-    /// at most `packet` bytes, from a file in memory: read piece by piece, the first piece
-    /// into `out` behind the reply's header, each further one into a buffer of its own with
-    /// room for its packet around it (`more`), so that SSH seals every packet where the
-    /// kernel put its data. Read into one buffer, the reply would be copied by SSH into its
-    /// packets: with OpenSSH's client (255 KiB READs, eight packets each) that copy was 8-13 %
-    /// of a download's server CPU, and this takes 5-7 % off it (docs/performance.md,
-    /// "Twentieth run"). One read per packet costs a system call each, which only a read
-    /// that never waits makes worth it (a file in memory: a copy; elsewhere each piece
-    /// could wait for the device, one after the other).
+    /// A READ of `len` bytes (the file decides: fewer is a short read) into a DATA reply:
+    /// into `out`, behind the reply's header, placed as [`data_reply_buffer`] says.
     ///
-    /// The first piece's error is the READ's; a later piece that fails or comes back short
-    /// ends the reply there, a short read the client continues from (as one read coming
-    /// back short would).
+    /// With `packet`, the SSH packet size, the READ spans several packets of a file in
+    /// memory and is read piece by piece: the first piece into `out` (one whole packet with
+    /// the header), each further one into a buffer of its own with room for its packet
+    /// around it (`more`), so that SSH seals every packet where the kernel put its data.
+    /// Read into one buffer, the reply would be copied by SSH into its packets: with
+    /// OpenSSH's client (255 KiB READs, eight packets each) that copy was 8-13 % of a
+    /// download's server CPU, and this takes 5-7 % off it (docs/performance.md, "Twentieth
+    /// run"). One read per packet costs a system call each, which only a read that never
+    /// waits makes worth it (a file in memory: a copy; elsewhere each piece could wait for
+    /// the device, one after the other). The first piece's error is the READ's; a later
+    /// piece that fails or comes back short ends the reply there, a short read the client
+    /// continues from (as one read coming back short would).
     #[allow(clippy::too_many_arguments)]
-    async fn read_into_packets(
+    async fn read(
         &self,
         file: &FileHandle,
         id: u32,
         offset: u64,
         len: u32,
-        packet: usize,
+        packet: Option<usize>,
         out: &mut BytesMut,
         more: &mut Vec<Frame>,
     ) -> Result<usize, FsError> {
-        let first = (packet - DATA_HEADER_LEN) as u32;
+        let first = packet.map_or(len, |packet| (packet - DATA_HEADER_LEN) as u32);
         let (buffer, start) = data_reply_buffer(offset, first as usize);
         *out = buffer;
         encode_data_header(out, id, 0);
         let data_at = out.len();
         let mut n = file.file.read(offset, first, out).await?;
-        if n == 0 {
+        if n == 0 && len > 0 {
             return Err(FsError::Eof);
         }
         let mut short = n < first as usize;
-        while !short && (n as u64) < u64::from(len) {
+        while let Some(packet) = packet.filter(|_| !short && n < len as usize) {
             let at = offset + n as u64;
             let want = (len as usize - n).min(packet) as u32;
             let (mut buf, piece_start) = data_packet_buffer(at, want as usize);
@@ -478,20 +466,16 @@ impl Dispatcher {
                 start: piece_start,
             });
         }
+        // The backend appended exactly n bytes: patch the lengths in the header.
         debug_assert_eq!(
             out.len() - data_at + more.iter().map(Frame::len).sum::<usize>(),
             n
         );
-        self.count_read(file, n);
-        out[start..data_at].copy_from_slice(&data_header(id, n));
-        Ok(start)
-    }
-
-    /// Counts `n` bytes read from `file` for the session's stats and metrics.
-    fn count_read(&self, file: &FileHandle, n: usize) {
         file.read.fetch_add(n as u64, Ordering::Relaxed);
         self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         self.metrics.bytes_out.increment(n as u64);
+        out[start..data_at].copy_from_slice(&data_header(id, n));
+        Ok(start)
     }
 
     async fn extended(

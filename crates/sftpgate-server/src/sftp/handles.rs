@@ -105,22 +105,6 @@ impl HandleTable {
         matches!(self.get(handle), Ok(Handle::File(f)) if f.flags.contains(OpenFlags::APPEND))
     }
 
-    /// What the backend expects a READ of `len` at `offset` on this handle to return
-    /// ([`sftpgate_vfs::File::read_len_hint`]); `None` if it cannot tell or the handle is
-    /// not an open file (the READ then fails as it would have).
-    pub(crate) fn read_len_hint(&self, handle: &[u8], offset: u64, len: u32) -> Option<u32> {
-        match self.get(handle) {
-            Ok(Handle::File(f)) => f.file.read_len_hint(offset, len),
-            _ => None,
-        }
-    }
-
-    /// Whether the handle is a file whose reads never wait for a device
-    /// ([`sftpgate_vfs::File::reads_from_memory`]).
-    pub(crate) fn reads_from_memory(&self, handle: &[u8]) -> bool {
-        matches!(self.get(handle), Ok(Handle::File(f)) if f.file.reads_from_memory())
-    }
-
     /// Takes a handle out of the table (CLOSE).
     pub(crate) fn remove(&self, handle: &[u8]) -> Result<Handle, FsError> {
         let id = parse(handle)?;

@@ -432,26 +432,29 @@ impl Serving {
                     let _ = replies.send(Outgoing::new(version_packet(), Vec::new()));
                     continue;
                 }
-                let read_hint = match &request {
+                // What the backend expects a READ to return (`File::read_len_hint`; `None`
+                // if it cannot tell or the handle is not an open file: the READ then fails
+                // as it would have), and whether it is a large READ of a file in memory,
+                // which takes the smaller READ budget (see
+                // `Limits::max_pending_memory_read_bytes`). Not the small ones, which are
+                // answered in the reader's own poll whenever their budget is at hand (see
+                // `runs_inline`): 8 sessions of 64 x 32 KiB READs lost 15-20 % of their
+                // download rate when their 17th READ had to wait for budget and a task.
+                let (read_hint, from_memory) = match &request {
                     Request::Read {
                         handle,
                         offset,
                         len,
                         ..
-                    } => self.dispatcher.handles.read_len_hint(handle, *offset, *len),
-                    _ => None,
-                };
-                // Large READs of a file in memory take the smaller READ budget (see
-                // `Limits::max_pending_memory_read_bytes`). Not the small ones, which are
-                // answered in the reader's own poll whenever their budget is at hand (see
-                // `runs_inline`): 8 sessions of 64 x 32 KiB READs lost 15-20 % of their
-                // download rate when their 17th READ had to wait for budget and a task.
-                let from_memory = match &request {
-                    Request::Read { handle, len, .. } => {
-                        read_hint.unwrap_or(*len) as usize > INLINE_DATA_MAX
-                            && self.dispatcher.handles.reads_from_memory(handle)
-                    }
-                    _ => false,
+                    } => match self.dispatcher.handles.file(handle) {
+                        Ok(f) => {
+                            let hint = f.file.read_len_hint(*offset, *len);
+                            let large = hint.unwrap_or(*len) as usize > INLINE_DATA_MAX;
+                            (hint, large && f.file.reads_from_memory())
+                        }
+                        Err(_) => (None, false),
+                    },
+                    _ => (None, false),
                 };
                 let admitted = tokio::select! {
                     held = self.admit(&request, from_memory, &budgets) => held,
