@@ -34,6 +34,8 @@ use ring::{
     },
     error::Unspecified,
 };
+// sftpgate: ring as well, for the CPUs where its AES-GCM is the faster one (`Backend`).
+use ring::aead as ring_aead;
 
 use super::super::Error;
 use crate::keys::key::safe_rng;
@@ -58,10 +60,18 @@ impl super::Cipher for GcmCipher {
         _: &dyn MacAlgorithm,
     ) -> Box<dyn super::OpeningKey + Send> {
         #[allow(clippy::unwrap_used)]
-        Box::new(OpeningKey(AeadOpeningKey::new(
-            UnboundKey::new(self.0, k).unwrap(),
-            Nonce(n.try_into().unwrap()),
-        )))
+        let nonce = Nonce(n.try_into().unwrap());
+        #[allow(clippy::unwrap_used)]
+        Box::new(match self.ring_algorithm() {
+            Some(ring) => OpeningKey::Ring(ring_aead::BoundKey::new(
+                ring_aead::UnboundKey::new(ring, k).unwrap(),
+                nonce,
+            )),
+            None => OpeningKey::Default(AeadOpeningKey::new(
+                UnboundKey::new(self.0, k).unwrap(),
+                nonce,
+            )),
+        })
     }
 
     fn make_sealing_key(
@@ -72,21 +82,85 @@ impl super::Cipher for GcmCipher {
         _: &dyn MacAlgorithm,
     ) -> Box<dyn super::SealingKey + Send> {
         #[allow(clippy::unwrap_used)]
-        Box::new(SealingKey(AeadSealingKey::new(
-            UnboundKey::new(self.0, k).unwrap(),
-            Nonce(n.try_into().unwrap()),
-        )))
+        let nonce = Nonce(n.try_into().unwrap());
+        #[allow(clippy::unwrap_used)]
+        Box::new(match self.ring_algorithm() {
+            Some(ring) => SealingKey::Ring(ring_aead::BoundKey::new(
+                ring_aead::UnboundKey::new(ring, k).unwrap(),
+                nonce,
+            )),
+            None => SealingKey::Default(AeadSealingKey::new(
+                UnboundKey::new(self.0, k).unwrap(),
+                nonce,
+            )),
+        })
     }
 }
 
-pub struct OpeningKey<N: NonceSequence>(AeadOpeningKey<N>);
+/// sftpgate: which library seals AES-GCM. aws-lc (russh's choice) has fast AES-GCM code for
+/// AES-NI with AVX (the `aesni_gcm` "6x" code) and for VAES with AVX-512, but none for VAES
+/// with AVX2 only (AMD Zen 3, some Intel client parts): there it runs the AES-NI code. ring
+/// 0.17.14 has BoringSSL's VAES + VPCLMULQDQ + AVX2 code, twice as fast on such a CPU
+/// (docs/performance.md, "Twenty-second run"). So ring on those CPUs, aws-lc everywhere else;
+/// the bytes are the same either way (AES-GCM is deterministic).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Backend {
+    Default,
+    Ring,
+}
 
-pub struct SealingKey<N: NonceSequence>(AeadSealingKey<N>);
+impl Backend {
+    fn for_this_cpu() -> Backend {
+        static BACKEND: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
+        *BACKEND.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let vaes = std::arch::is_x86_feature_detected!("vaes")
+                    && std::arch::is_x86_feature_detected!("vpclmulqdq")
+                    && std::arch::is_x86_feature_detected!("avx2");
+                // What aws-lc asks for its AVX-512 code (crypto_gcm_avx512_enabled).
+                let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512vl");
+                if vaes && !avx512 {
+                    return Backend::Ring;
+                }
+            }
+            Backend::Default
+        })
+    }
+}
+
+impl GcmCipher {
+    /// ring's algorithm for this one, where ring seals AES-GCM on this CPU.
+    fn ring_algorithm(&self) -> Option<&'static ring_aead::Algorithm> {
+        if Backend::for_this_cpu() != Backend::Ring {
+            return None;
+        }
+        match self.0.key_len() {
+            16 => Some(&ring_aead::AES_128_GCM),
+            32 => Some(&ring_aead::AES_256_GCM),
+            _ => None,
+        }
+    }
+}
+
+enum OpeningKey {
+    Default(AeadOpeningKey<Nonce>),
+    Ring(ring_aead::OpeningKey<Nonce>),
+}
+
+enum SealingKey {
+    Default(AeadSealingKey<Nonce>),
+    Ring(ring_aead::SealingKey<Nonce>),
+}
 
 struct Nonce([u8; NONCE_LEN]);
 
-impl NonceSequence for Nonce {
-    fn advance(&mut self) -> Result<AeadNonce, Unspecified> {
+impl Nonce {
+    /// The nonce to use now; the next one is this one plus 1 (big-endian).
+    fn next(&mut self) -> [u8; NONCE_LEN] {
         let mut previous_nonce = [0u8; NONCE_LEN];
         #[allow(clippy::indexing_slicing)] // length checked
         previous_nonce.clone_from_slice(&self.0[..]);
@@ -97,11 +171,23 @@ impl NonceSequence for Nonce {
             self.0[i] = n as u8;
             carry = n >> 8;
         }
-        Ok(AeadNonce::assume_unique_for_key(previous_nonce))
+        previous_nonce
     }
 }
 
-impl<N: NonceSequence> super::OpeningKey for OpeningKey<N> {
+impl NonceSequence for Nonce {
+    fn advance(&mut self) -> Result<AeadNonce, Unspecified> {
+        Ok(AeadNonce::assume_unique_for_key(self.next()))
+    }
+}
+
+impl ring_aead::NonceSequence for Nonce {
+    fn advance(&mut self) -> Result<ring_aead::Nonce, ring::error::Unspecified> {
+        Ok(ring_aead::Nonce::assume_unique_for_key(self.next()))
+    }
+}
+
+impl super::OpeningKey for OpeningKey {
     fn decrypt_packet_length(
         &self,
         _sequence_number: u32,
@@ -113,7 +199,10 @@ impl<N: NonceSequence> super::OpeningKey for OpeningKey<N> {
     }
 
     fn tag_len(&self) -> usize {
-        self.0.algorithm().tag_len()
+        match self {
+            Self::Default(key) => key.algorithm().tag_len(),
+            Self::Ring(key) => ring_aead::BoundKey::algorithm(key).tag_len(),
+        }
     }
 
     fn open<'a>(
@@ -127,20 +216,22 @@ impl<N: NonceSequence> super::OpeningKey for OpeningKey<N> {
         #[allow(clippy::indexing_slicing)] // length checked
         packet_length.clone_from_slice(&ciphertext_and_tag[..super::PACKET_LENGTH_LEN]);
 
-        let buf = self
-            .0
-            .open_in_place(
-                Aad::from(&packet_length),
-                #[allow(clippy::indexing_slicing)] // length checked
-                &mut ciphertext_and_tag[super::PACKET_LENGTH_LEN..],
-            )
-            .map_err(|_| Error::DecryptionError)?;
+        #[allow(clippy::indexing_slicing)] // length checked
+        let in_out = &mut ciphertext_and_tag[super::PACKET_LENGTH_LEN..];
+        let buf = match self {
+            Self::Default(key) => key
+                .open_in_place(Aad::from(&packet_length), in_out)
+                .map_err(|_| Error::DecryptionError)?,
+            Self::Ring(key) => key
+                .open_in_place(ring_aead::Aad::from(&packet_length), in_out)
+                .map_err(|_| Error::DecryptionError)?,
+        };
 
         Ok(buf)
     }
 }
 
-impl<N: NonceSequence> super::SealingKey for SealingKey<N> {
+impl super::SealingKey for SealingKey {
     fn padding_length(&self, payload: &[u8]) -> usize {
         let block_size = 16;
         let extra_len = super::PACKET_LENGTH_LEN + super::PADDING_LENGTH_LEN;
@@ -161,7 +252,10 @@ impl<N: NonceSequence> super::SealingKey for SealingKey<N> {
     }
 
     fn tag_len(&self) -> usize {
-        self.0.algorithm().tag_len()
+        match self {
+            Self::Default(key) => key.algorithm().tag_len(),
+            Self::Ring(key) => ring_aead::BoundKey::algorithm(key).tag_len(),
+        }
     }
 
     fn seal(
@@ -175,16 +269,22 @@ impl<N: NonceSequence> super::SealingKey for SealingKey<N> {
         #[allow(clippy::indexing_slicing)] // length checked
         packet_length.clone_from_slice(&plaintext_in_ciphertext_out[..super::PACKET_LENGTH_LEN]);
 
+        #[allow(clippy::indexing_slicing)]
+        let in_out = &mut plaintext_in_ciphertext_out[super::PACKET_LENGTH_LEN..];
         #[allow(clippy::unwrap_used)]
-        let tag_out = self
-            .0
-            .seal_in_place_separate_tag(
-                Aad::from(&packet_length),
-                #[allow(clippy::indexing_slicing)]
-                &mut plaintext_in_ciphertext_out[super::PACKET_LENGTH_LEN..],
-            )
-            .unwrap();
-
-        tag.clone_from_slice(tag_out.as_ref());
+        match self {
+            Self::Default(key) => {
+                let tag_out = key
+                    .seal_in_place_separate_tag(Aad::from(&packet_length), in_out)
+                    .unwrap();
+                tag.clone_from_slice(tag_out.as_ref());
+            }
+            Self::Ring(key) => {
+                let tag_out = key
+                    .seal_in_place_separate_tag(ring_aead::Aad::from(&packet_length), in_out)
+                    .unwrap();
+                tag.clone_from_slice(tag_out.as_ref());
+            }
+        }
     }
 }
