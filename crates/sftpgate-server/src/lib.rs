@@ -58,3 +58,10 @@ pub use stream::StreamSession;
 
 /// Re-exported so that library users name the same key types as the server.
 pub use russh::keys;
+
+/// Which library seals and opens AES-GCM (aes128-gcm@openssh.com, aes256-gcm@openssh.com)
+/// in this process: ring on x86-64 CPUs with VAES and AVX2 but no AVX-512, where its code
+/// is twice as fast as aws-lc's, aws-lc everywhere else; or the one
+/// [`set_aes_gcm_library`] chose before the first connection (vendored russh, change 4 in
+/// vendor/README.md). The bytes on the wire are the same either way.
+pub use russh::cipher::{aes_gcm_library, set_aes_gcm_library, AesGcmLibrary};

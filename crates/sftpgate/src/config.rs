@@ -41,6 +41,9 @@ pub struct Config {
     /// skip. At most 10 ms.
     #[serde(with = "humantime_serde")]
     pub idle_spin: Duration,
+    /// Which library seals and opens AES-GCM (aes128-gcm@openssh.com and
+    /// aes256-gcm@openssh.com): `auto`, the faster one on this CPU; `aws-lc` or `ring`.
+    pub aes_gcm: AesGcm,
     /// Authentication methods offered.
     pub auth: AuthConfig,
     /// Lifecycle and transport timeouts.
@@ -56,6 +59,41 @@ pub struct Config {
     pub log_format: crate::logging::LogFormat,
     /// Prometheus metrics and the health endpoint.
     pub metrics: MetricsConfig,
+}
+
+/// `aes_gcm`: the library behind AES-GCM. Both compute the same standard AES-GCM; they differ
+/// in speed by CPU (ring has VAES code for AVX2-only CPUs, aws-lc for AVX-512 ones). Forcing
+/// one is for a site that wants one library on every machine, and for the tests, which run
+/// both on every machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AesGcm {
+    /// ring on x86-64 CPUs with VAES and AVX2 but no AVX-512, aws-lc everywhere else.
+    #[default]
+    Auto,
+    /// aws-lc on every CPU.
+    AwsLc,
+    /// ring on every CPU.
+    Ring,
+}
+
+impl AesGcm {
+    /// The library this setting asks for; `None` for `auto`.
+    pub fn library(self) -> Option<sftpgate_server::AesGcmLibrary> {
+        match self {
+            AesGcm::Auto => None,
+            AesGcm::AwsLc => Some(sftpgate_server::AesGcmLibrary::AwsLc),
+            AesGcm::Ring => Some(sftpgate_server::AesGcmLibrary::Ring),
+        }
+    }
+
+    /// How the setting and the logs name `library`.
+    pub fn name(library: sftpgate_server::AesGcmLibrary) -> &'static str {
+        match library {
+            sftpgate_server::AesGcmLibrary::AwsLc => "aws-lc",
+            sftpgate_server::AesGcmLibrary::Ring => "ring",
+        }
+    }
 }
 
 /// `[metrics]`: `/metrics` (Prometheus text format) and `/health` on one HTTP listener, off
@@ -80,6 +118,7 @@ impl Default for Config {
             host_key: "host_ed25519_key".into(),
             connection_threads: 0,
             idle_spin: sftpgate_server::DEFAULT_IDLE_SPIN,
+            aes_gcm: AesGcm::Auto,
             auth: AuthConfig::default(),
             timeouts: TimeoutsConfig::default(),
             limits: LimitsConfig::default(),
@@ -693,6 +732,33 @@ mod tests {
             err.contains("connection_threads can be at most 1024"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn aes_gcm_from_a_variable_and_an_unknown_library_refused() {
+        assert_eq!(Config::load(None, env(&[])).unwrap().aes_gcm, AesGcm::Auto);
+        for (value, want) in [
+            ("auto", AesGcm::Auto),
+            ("aws-lc", AesGcm::AwsLc),
+            ("ring", AesGcm::Ring),
+        ] {
+            let config = Config::load(None, env(&[("SFTPGATE_AES_GCM", value)])).unwrap();
+            assert_eq!(config.aes_gcm, want, "{value}");
+        }
+        assert_eq!(
+            AesGcm::Ring.library(),
+            Some(sftpgate_server::AesGcmLibrary::Ring)
+        );
+        assert_eq!(
+            AesGcm::AwsLc.library(),
+            Some(sftpgate_server::AesGcmLibrary::AwsLc)
+        );
+        assert_eq!(AesGcm::Auto.library(), None);
+        let err = format!(
+            "{:#}",
+            Config::load(None, env(&[("SFTPGATE_AES_GCM", "openssl")])).unwrap_err()
+        );
+        assert!(err.contains("aes_gcm") && err.contains("aws-lc"), "{err}");
     }
 
     #[test]

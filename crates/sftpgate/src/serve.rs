@@ -21,6 +21,27 @@ use crate::host_key;
 use crate::object::ObjectStores;
 use crate::users::FirstUser;
 
+/// Fixes the process's AES-GCM library as `setting` asks, before any connection, and logs
+/// which one runs.
+fn choose_aes_gcm(setting: crate::config::AesGcm) -> anyhow::Result<()> {
+    use crate::config::AesGcm;
+    if let Some(library) = setting.library() {
+        sftpgate_server::set_aes_gcm_library(library).map_err(|in_use| {
+            anyhow::anyhow!(
+                "aes_gcm = {:?}: this process already runs AES-GCM on {}",
+                AesGcm::name(library),
+                AesGcm::name(in_use)
+            )
+        })?;
+    }
+    let library = AesGcm::name(sftpgate_server::aes_gcm_library());
+    match setting {
+        AesGcm::Auto => tracing::info!("AES-GCM through {library} (the faster one on this CPU)"),
+        _ => tracing::info!("AES-GCM through {library} (aes_gcm setting)"),
+    }
+    Ok(())
+}
+
 /// Runs the server with `config` until a signal stops it, each connection on one of
 /// `connection_runtimes`.
 pub async fn serve(
@@ -41,6 +62,7 @@ pub async fn serve(
             .create(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     }
+    choose_aes_gcm(config.aes_gcm)?;
     let host_key = host_key::load_or_generate(&config.host_key_path())?;
     let store = crate::store::open(&config).await?;
     let first = crate::users::create_first_user(&store, &config.data_dir).await?;

@@ -245,9 +245,9 @@ fn hundred_mebibyte_round_trip() {
 
 /// Each cipher the server offers, forced with `sftp -c` (the client then offers only that
 /// one, so a successful login proves it was negotiated), with a file of many SSH packets up
-/// and down: chacha20-poly1305 is sealed by crates/sftpgate-chacha on OpenSSL, the others
-/// by aws-lc, and OpenSSH's client must open every packet the server seals and the other
-/// way round.
+/// and down: chacha20-poly1305 is sealed by crates/sftpgate-chacha on OpenSSL, AES-GCM by
+/// the library the CPU picks (`aes_gcm = "auto"`), the others by aws-lc, and OpenSSH's
+/// client must open every packet the server seals and the other way round.
 #[test]
 fn every_offered_cipher_round_trips_with_openssh() {
     let Some(fx) = Fixture::new() else { return };
@@ -258,10 +258,7 @@ fn every_offered_cipher_round_trips_with_openssh() {
     drop(data);
 
     // Every cipher; with the CTR ciphers, every MAC (their tags differ in size and in what
-    // they cover); and compression, under which replies are copied instead. Downloaded
-    // twice: with `-B 32768` (32 KiB READs, each reply one packet sealed in its own buffer,
-    // vendor/README.md) and with the client's default (255 KiB READs, whose replies russh
-    // copies into eight packets: the other path, under every cipher and MAC too).
+    // they cover); and compression, under which replies are copied instead.
     let mut cases: Vec<(String, Vec<String>)> = [
         "chacha20-poly1305@openssh.com",
         "aes128-gcm@openssh.com",
@@ -288,45 +285,94 @@ fn every_offered_cipher_round_trips_with_openssh() {
     }
     cases.push(("compressed".to_string(), vec!["-C".to_string()]));
     for (cipher, args) in &cases {
-        let back = format!("back-{cipher}.bin");
-        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-        args.extend(["-B", "32768"]);
-        let out = fx.sftp_with(
-            &local,
-            &server,
-            USER,
-            &format!("put cipher.bin\nget cipher.bin {back}\n"),
-            common::SFTP_TIMEOUT,
-            &args,
-        );
-        assert!(
-            out.status.success(),
-            "{cipher}: the transfer failed\n{}",
-            out.show()
-        );
-        assert_same_file(
-            &local.join("cipher.bin"),
-            &fx.user_root(USER).join("cipher.bin"),
-        );
-        assert_same_file(&local.join("cipher.bin"), &local.join(&back));
-        // The client's default READ size: 255 KiB.
-        args.truncate(args.len() - 2);
-        let back = format!("back-default-{cipher}.bin");
-        let out = fx.sftp_with(
-            &local,
-            &server,
-            USER,
-            &format!("get cipher.bin {back}\n"),
-            common::SFTP_TIMEOUT,
-            &args,
-        );
-        assert!(
-            out.status.success(),
-            "{cipher}, 255 KiB READs: the download failed\n{}",
-            out.show()
-        );
-        assert_same_file(&local.join("cipher.bin"), &local.join(&back));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cipher_round_trip(&fx, &server, cipher, &args);
     }
+}
+
+/// AES-GCM through each library on every machine (`aes_gcm = "aws-lc"` and `"ring"`, the
+/// vendored russh's change 4), not only the one this CPU picks: both AES-GCM ciphers against
+/// OpenSSH's, after the server has said which library it runs.
+#[test]
+fn aes_gcm_round_trips_with_openssh_on_either_library() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.add_user(USER);
+    let local = fx.local();
+    let data = pseudo_random(3 << 20, 0x5a3e_91c7_0d2f_6b84);
+    std::fs::write(local.join("cipher.bin"), &data).unwrap();
+    drop(data);
+    for library in ["aws-lc", "ring"] {
+        let mut cmd = fx.serve(None);
+        cmd.env("SFTPGATE_AES_GCM", library);
+        let server = common::Server::start(cmd)
+            .unwrap_or_else(|out| panic!("the server did not start\n{}", out.show()));
+        let said = format!("AES-GCM through {library} (aes_gcm setting)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !server.stderr().contains(&said) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            server.stderr().contains(&said),
+            "the server did not log {said:?}\n{}",
+            server.stderr()
+        );
+        for cipher in ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"] {
+            cipher_round_trip(
+                &fx,
+                &server,
+                &format!("{cipher} on {library}"),
+                &["-c", cipher],
+            );
+        }
+    }
+}
+
+/// `cipher.bin` of [`Fixture::local`] up and down with `args` (`sftp` options naming the
+/// cipher), each copy compared byte for byte. Downloaded twice: with `-B 32768` (32 KiB
+/// READs, each reply one packet sealed in its own buffer, vendor/README.md) and with the
+/// client's default (255 KiB READs, whose replies russh copies into eight packets: the
+/// other path, under every cipher and MAC too).
+fn cipher_round_trip(fx: &Fixture, server: &common::Server, label: &str, args: &[&str]) {
+    let local = fx.local();
+    let name = label.replace(' ', "-");
+    let back = format!("back-{name}.bin");
+    let mut args = args.to_vec();
+    args.extend(["-B", "32768"]);
+    let out = fx.sftp_with(
+        &local,
+        server,
+        USER,
+        &format!("put cipher.bin\nget cipher.bin {back}\n"),
+        common::SFTP_TIMEOUT,
+        &args,
+    );
+    assert!(
+        out.status.success(),
+        "{label}: the transfer failed\n{}",
+        out.show()
+    );
+    assert_same_file(
+        &local.join("cipher.bin"),
+        &fx.user_root(USER).join("cipher.bin"),
+    );
+    assert_same_file(&local.join("cipher.bin"), &local.join(&back));
+    // The client's default READ size: 255 KiB.
+    args.truncate(args.len() - 2);
+    let back = format!("back-default-{name}.bin");
+    let out = fx.sftp_with(
+        &local,
+        server,
+        USER,
+        &format!("get cipher.bin {back}\n"),
+        common::SFTP_TIMEOUT,
+        &args,
+    );
+    assert!(
+        out.status.success(),
+        "{label}, 255 KiB READs: the download failed\n{}",
+        out.show()
+    );
+    assert_same_file(&local.join("cipher.bin"), &local.join(&back));
 }
 
 /// The lines `sftp -b` printed for the first command `cmd` (between its echoed

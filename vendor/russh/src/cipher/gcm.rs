@@ -97,45 +97,65 @@ impl super::Cipher for GcmCipher {
     }
 }
 
-/// sftpgate: which library seals AES-GCM. aws-lc (russh's choice) has fast AES-GCM code for
-/// AES-NI with AVX (the `aesni_gcm` "6x" code) and for VAES with AVX-512, but none for VAES
-/// with AVX2 only (AMD Zen 3, some Intel client parts): there it runs the AES-NI code. ring
-/// 0.17.14 has BoringSSL's VAES + VPCLMULQDQ + AVX2 code, twice as fast on such a CPU
-/// (docs/performance.md, "Twenty-second run"). So ring on those CPUs, aws-lc everywhere else;
-/// the bytes are the same either way (AES-GCM is deterministic).
+/// sftpgate: which library seals and opens AES-GCM in this process. aws-lc (russh's choice)
+/// has fast AES-GCM code for AES-NI with AVX (the `aesni_gcm` "6x" code) and for VAES with
+/// AVX-512, but none for VAES with AVX2 only (AMD Zen 3, some Intel client parts): there it
+/// runs the AES-NI code. ring 0.17.14 has BoringSSL's VAES + VPCLMULQDQ + AVX2 code, twice
+/// as fast on such a CPU (docs/performance.md, "Twenty-second run"). The bytes are the same
+/// either way (AES-GCM is deterministic).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Backend {
-    Default,
+pub enum AesGcmLibrary {
+    /// aws-lc, as upstream russh.
+    AwsLc,
+    /// ring.
     Ring,
 }
 
-impl Backend {
-    fn for_this_cpu() -> Backend {
-        static BACKEND: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
-        *BACKEND.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                let vaes = std::arch::is_x86_feature_detected!("vaes")
-                    && std::arch::is_x86_feature_detected!("vpclmulqdq")
-                    && std::arch::is_x86_feature_detected!("avx2");
-                // What aws-lc asks for its AVX-512 code (crypto_gcm_avx512_enabled).
-                let avx512 = std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                    && std::arch::is_x86_feature_detected!("avx512vl");
-                if vaes && !avx512 {
-                    return Backend::Ring;
-                }
+/// The library of this process, fixed by the first AES-GCM key or [`set_aes_gcm_library`].
+static AES_GCM_LIBRARY: std::sync::OnceLock<AesGcmLibrary> = std::sync::OnceLock::new();
+
+impl AesGcmLibrary {
+    /// The faster one on this CPU: ring where it has VAES, VPCLMULQDQ and AVX2 but not
+    /// AVX-512, aws-lc everywhere else.
+    pub fn for_this_cpu() -> AesGcmLibrary {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let vaes = std::arch::is_x86_feature_detected!("vaes")
+                && std::arch::is_x86_feature_detected!("vpclmulqdq")
+                && std::arch::is_x86_feature_detected!("avx2");
+            // What aws-lc asks for its AVX-512 code (crypto_gcm_avx512_enabled).
+            let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx512vl");
+            if vaes && !avx512 {
+                return AesGcmLibrary::Ring;
             }
-            Backend::Default
-        })
+        }
+        AesGcmLibrary::AwsLc
+    }
+}
+
+/// The library AES-GCM keys use in this process: the one [`set_aes_gcm_library`] chose, or
+/// [`AesGcmLibrary::for_this_cpu`] if nothing chose before the first key was made.
+pub fn aes_gcm_library() -> AesGcmLibrary {
+    *AES_GCM_LIBRARY.get_or_init(AesGcmLibrary::for_this_cpu)
+}
+
+/// Chooses the library for the whole process (one choice per process, so that no key
+/// changes library midway). `Err` with the library in use when another one was already
+/// chosen or a key was already made with it.
+pub fn set_aes_gcm_library(library: AesGcmLibrary) -> Result<(), AesGcmLibrary> {
+    match *AES_GCM_LIBRARY.get_or_init(|| library) {
+        current if current == library => Ok(()),
+        current => Err(current),
     }
 }
 
 impl GcmCipher {
-    /// ring's algorithm for this one, where ring seals AES-GCM on this CPU.
+    /// ring's algorithm for this one, where ring seals AES-GCM in this process.
     fn ring_algorithm(&self) -> Option<&'static ring_aead::Algorithm> {
-        if Backend::for_this_cpu() != Backend::Ring {
+        if aes_gcm_library() != AesGcmLibrary::Ring {
             return None;
         }
         match self.0.key_len() {

@@ -45,6 +45,8 @@ pub(crate) mod cbc;
 pub(crate) mod chacha20poly1305;
 pub(crate) mod clear;
 pub(crate) mod gcm;
+// sftpgate: the AES-GCM library of the process (gcm.rs).
+pub use gcm::{aes_gcm_library, set_aes_gcm_library, AesGcmLibrary};
 
 use block::SshBlockCipher;
 use chacha20poly1305::SshChacha20Poly1305Cipher;
