@@ -335,44 +335,42 @@ fn aes_gcm_round_trips_with_openssh_on_either_library() {
 fn cipher_round_trip(fx: &Fixture, server: &common::Server, label: &str, args: &[&str]) {
     let local = fx.local();
     let name = label.replace(' ', "-");
-    let back = format!("back-{name}.bin");
-    let mut args = args.to_vec();
-    args.extend(["-B", "32768"]);
-    let out = fx.sftp_with(
-        &local,
-        server,
-        USER,
-        &format!("put cipher.bin\nget cipher.bin {back}\n"),
-        common::SFTP_TIMEOUT,
-        &args,
-    );
-    assert!(
-        out.status.success(),
-        "{label}: the transfer failed\n{}",
-        out.show()
-    );
-    assert_same_file(
-        &local.join("cipher.bin"),
-        &fx.user_root(USER).join("cipher.bin"),
-    );
-    assert_same_file(&local.join("cipher.bin"), &local.join(&back));
-    // The client's default READ size: 255 KiB.
-    args.truncate(args.len() - 2);
-    let back = format!("back-default-{name}.bin");
-    let out = fx.sftp_with(
-        &local,
-        server,
-        USER,
-        &format!("get cipher.bin {back}\n"),
-        common::SFTP_TIMEOUT,
-        &args,
-    );
-    assert!(
-        out.status.success(),
-        "{label}, 255 KiB READs: the download failed\n{}",
-        out.show()
-    );
-    assert_same_file(&local.join("cipher.bin"), &local.join(&back));
+    let mut small_reads = args.to_vec();
+    small_reads.extend(["-B", "32768"]);
+    let runs = [
+        (
+            "put cipher.bin\n",
+            format!("back-{name}.bin"),
+            small_reads,
+            "32 KiB READs",
+        ),
+        (
+            "",
+            format!("back-default-{name}.bin"),
+            args.to_vec(),
+            "255 KiB READs",
+        ),
+    ];
+    for (put, back, options, reads) in runs {
+        let out = fx.sftp_with(
+            &local,
+            server,
+            USER,
+            &format!("{put}get cipher.bin {back}\n"),
+            common::SFTP_TIMEOUT,
+            &options,
+        );
+        assert!(
+            out.status.success(),
+            "{label}, {reads}: the transfer failed\n{}",
+            out.show()
+        );
+        assert_same_file(
+            &local.join("cipher.bin"),
+            &fx.user_root(USER).join("cipher.bin"),
+        );
+        assert_same_file(&local.join("cipher.bin"), &local.join(&back));
+    }
 }
 
 /// The lines `sftp -b` printed for the first command `cmd` (between its echoed
