@@ -34,7 +34,7 @@ use ring::{
     },
     error::Unspecified,
 };
-// sftpgate: ring as well, for the CPUs where its AES-GCM is the faster one (`Backend`).
+// sftpgate: ring as well, for the CPUs where its AES-GCM is the faster one (`AesGcmLibrary`).
 use ring::aead as ring_aead;
 
 use super::super::Error;
