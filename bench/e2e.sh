@@ -113,7 +113,7 @@ if [[ -n "$BENCH_DOC" ]]; then
     machine_info
     echo "- load (uptime) before: $LOAD_BEFORE; after: $LOAD_AFTER"
     echo "- servers:"
-    for t in "${targets[@]}"; do echo "  - $t: $(describe_target "$t"); sftp's default request size up/down: ${BUFLEN[$t]}"; done
+    for t in "${targets[@]}"; do echo "  - $t: $(describe_target "$t"); sftp's default request size up/down: ${BUFLEN[$t]}; CPU from $(cpu_source "$t")"; done
     echo "- client: OpenSSH sftp in batch mode (see bench/harness/README.md); stat latency with the AsyncSSH client; session setup subtracted; every download compared byte for byte with the uploaded source (it is that run's upload read back), small files with diff -r"
     ((${#FAILURES[@]} == 0)) || echo "- failed runs (left out): ${FAILURES[*]}"
     echo

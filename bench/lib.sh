@@ -178,14 +178,70 @@ start_target() {
 # their ports; stop_started stops them.
 STARTED=()
 declare -A PORTS
-# start_targets NAME...: each target (start_target) on a free port, PORTS[NAME]
+# start_targets NAME...: each target (start_target) on a free port, PORTS[NAME], in a CPU
+# cgroup of its own where the machine allows (cpu_cgroup)
 start_targets() {
   local t
   for t in "$@"; do
     pick_port "PORTS[$t]"
     STARTED+=("$t")
     start_target "$t" "${PORTS[$t]}"
+    cpu_cgroup "$t"
   done
+}
+
+# A server's CPU time is read from a cgroup of its own when this machine lets us make one
+# (root, a cgroup v1 cpuacct or a cgroup v2 hierarchy mounted writable): the kernel's own
+# count in ns (v1 cpuacct.usage) or us (v2 cpu.stat usage_usec), of every process the
+# server starts, whether it has exited or been reaped yet or not. /proc/PID/stat, the
+# fallback, counts in 10 ms ticks, rounds each process's user and system time down to a
+# tick, and sees a child's time only once it is reaped: on the 0.2-0.5 s a 512 MiB transfer
+# costs sftpgate, several per cent either way, near the 0.5x CPU target.
+declare -A CGROUPS
+# cgroup_base: "v1 MOUNT" (cpuacct) or "v2 MOUNT", or nothing.
+cgroup_base() {
+  local m
+  m="$(awk '$3 == "cgroup" && $4 ~ /(^|,)cpuacct(,|$)/ {print $2; exit}' /proc/mounts)"
+  if [[ -n "$m" && -w "$m" && -r "$m/cpuacct.usage" ]]; then echo "v1 $m"; return 0; fi
+  m="$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)"
+  if [[ -n "$m" && -w "$m" ]]; then echo "v2 $m"; fi
+  return 0
+}
+# cpu_cgroup NAME: moves the server in $BENCH_STATE/NAME.pid (with its threads; what it
+# starts later follows) into a new cgroup, CGROUPS[NAME]; on any failure none, and its CPU
+# comes from /proc.
+cpu_cgroup() {
+  local name="$1" kind base dir pid
+  [[ "${BENCH_CGROUP:-1}" == 1 ]] || return 0
+  read -r kind base <<< "$(cgroup_base)"
+  [[ -n "$base" ]] || return 0
+  pid="$(cat "$BENCH_STATE/$name.pid")"
+  dir="$base/sftpgate-bench-$$-$name"
+  if mkdir -p "$dir" 2>/dev/null && echo "$pid" > "$dir/cgroup.procs" 2>/dev/null &&
+     cgroup_cpu "$dir" >/dev/null; then
+    CGROUPS[$name]="$dir"
+  else
+    log "$name: no CPU cgroup in $base ($kind), its CPU time comes from /proc"
+    rmdir "$dir" 2>/dev/null || true
+  fi
+}
+# cgroup_cpu DIR: the CPU seconds the cgroup's processes have used (fails when unreadable).
+cgroup_cpu() {
+  if [[ -r "$1/cpuacct.usage" ]]; then awk '{printf "%.6f\n", $1 / 1e9}' "$1/cpuacct.usage"
+  elif [[ -r "$1/cpu.stat" ]]; then awk '$1 == "usage_usec" {printf "%.6f\n", $2 / 1e6; f = 1} END {exit !f}' "$1/cpu.stat"
+  else return 1; fi
+}
+# server_cpu NAME: the server's CPU seconds so far: from its cgroup, else from
+# /proc/PID/stat of its listening process (itself and the children it has reaped).
+server_cpu() {
+  if [[ -n "${CGROUPS[$1]:-}" ]]; then cgroup_cpu "${CGROUPS[$1]}"; return; fi
+  sed 's/^.*) //' "/proc/$(cat "$BENCH_STATE/$1.pid")/stat" |
+    awk -v k="$(getconf CLK_TCK 2>/dev/null || echo 100)" '{printf "%.3f\n", ($12 + $13 + $14 + $15) / k}'
+}
+# cpu_source NAME: how the scripts read the server's CPU, in words for the docs.
+cpu_source() {
+  if [[ -n "${CGROUPS[$1]:-}" ]]; then echo "its cgroup (${CGROUPS[$1]##*/}: $(cgroup_base | cut -d' ' -f1), exact)"
+  else echo "/proc (10 ms ticks, reaped children)"; fi
 }
 
 # stop_started: what a script's EXIT trap does: stop every server in STARTED, then remove
@@ -193,6 +249,10 @@ start_targets() {
 stop_started() {
   local n
   for n in "${STARTED[@]}"; do stop_pid "$n"; done
+  # Empty once its processes are gone (sshd's sessions end with the listener).
+  for n in "${!CGROUPS[@]}"; do
+    for _ in $(seq 50); do rmdir "${CGROUPS[$n]}" 2>/dev/null && break; sleep 0.1; done
+  done
   if [[ "${BENCH_KEEP_STATE:-0}" != 1 ]]; then rm -rf "$BENCH_STATE"; fi
 }
 
@@ -261,6 +321,11 @@ describe_target() {
 # target_env NAME: prints BENCH_* exports for a started server (reference or sftpgate-like).
 target_env() {
   local name="$1"
+  if [[ -n "${CGROUPS[$name]:-}" ]]; then
+    printf 'export BENCH_SERVER_CGROUP=%q\n' "${CGROUPS[$name]}"
+  else
+    echo "unset BENCH_SERVER_CGROUP"
+  fi
   case "$name" in
     openssh-*|asyncssh|rclone)
       PORT_OPENSSH_INTERNAL="${PORTS[openssh-internal]:-2201}" PORT_OPENSSH_EXTERNAL="${PORTS[openssh-external]:-2202}" \

@@ -6,7 +6,8 @@
 #
 # Runs are A/B interleaved: for each run, scenario and cipher every target once, the order
 # rotating between runs. Server CPU per GiB counts the server's whole process tree (OpenSSH's
-# per-connection sshd and sftp-server processes included).
+# per-connection sshd and sftp-server processes included): from its cgroup where bench/lib.sh
+# could make one, else from /proc.
 #
 # Usage: bench/loadgen.sh
 # Env:   BENCH_RUNS      runs per figure (3)
@@ -57,10 +58,11 @@ for ((r = 0; r < BENCH_RUNS; r++)); do
           *) user=bench; dir=/ ;;
         esac
         read -r -a sargs <<< "$(scenario_args "$scen")"
+        cg=(); [[ -z "${CGROUPS[$t]:-}" ]] || cg=(--server-cgroup "${CGROUPS[$t]}")
         log "run $((r + 1))/$BENCH_RUNS $scen $c $t"
         if out="$(timeout 900 "$BIN/sftpgate-loadgen" --port "${PORTS[$t]}" --user "$user" \
                     --key "$BENCH_STATE/client_ed25519" --dir "$dir" --cipher "$c" "${sargs[@]}" \
-                    --server-pid "$(cat "$BENCH_STATE/$t.pid")" --label "$t")"; then
+                    --server-pid "$(cat "$BENCH_STATE/$t.pid")" "${cg[@]}" --label "$t")"; then
           grep '^RESULT' <<< "$out" | sed "s/^/$scen /" >> "$RESULTS"
           grep -v '^RESULT' <<< "$out" >&2
         else
@@ -80,12 +82,12 @@ if [[ -n "$BENCH_DOC" ]]; then
   {
     echo "## Load generator: deep pipelining and 8 parallel sessions (bench/loadgen.sh)"
     echo
-    echo "Run $STARTED_AT with \`BENCH_RUNS=$BENCH_RUNS LOADGEN_MB=$LOADGEN_MB bench/loadgen.sh\`: client bench/loadgen (\`sftpgate-loadgen\`, russh + sftpgate-proto; $(scenario_args deep | sed 's/--size.*//') for deep, $(scenario_args par8 | sed 's/--size.*//') for par8); each run uploads, then downloads and checks every byte; targets A/B interleaved, order rotating per run. Aggregate = all bytes / wall time of the phase; a session is unfair below half the mean session rate; CPU per GiB from /proc (server: its whole process tree)."
+    echo "Run $STARTED_AT with \`BENCH_RUNS=$BENCH_RUNS LOADGEN_MB=$LOADGEN_MB bench/loadgen.sh\`: client bench/loadgen (\`sftpgate-loadgen\`, russh + sftpgate-proto; $(scenario_args deep | sed 's/--size.*//') for deep, $(scenario_args par8 | sed 's/--size.*//') for par8); each run uploads, then downloads and checks every byte; targets A/B interleaved, order rotating per run. Aggregate = all bytes / wall time of the phase; a session is unfair below half the mean session rate; CPU per GiB of the server: its whole process tree, from the source each server line names."
     echo
     machine_info
     echo "- load (uptime) before: $LOAD_BEFORE; after: $LOAD_AFTER"
     echo "- servers:"
-    for t in "${targets[@]}"; do echo "  - $t: $(describe_target "$t")"; done
+    for t in "${targets[@]}"; do echo "  - $t: $(describe_target "$t"); CPU from $(cpu_source "$t")"; done
     ((${#FAILURES[@]} == 0)) || echo "- failed runs (left out): ${FAILURES[*]}"
     echo "$SUMMARY"
   } | write_section "$BENCH_DOC" "bench/loadgen.sh"

@@ -8,8 +8,8 @@
 # each session's time by who holds the turn (bench/turns.py): server turns (request sent ->
 # reply sent: the server's wake-up, work and send) and client turns (reply sent -> next
 # request sent: OpenSSH's ssh and sftp processes). It also reads the server's CPU time per
-# server turn (/proc/PID/stat of the listening process, reaped children included, the CPU of
-# a bare session subtracted). Together they say how much faster a server could make the
+# server turn (from the server's cgroup, else /proc/PID/stat of the listening process with
+# its reaped children: bench/lib.sh's server_cpu; the CPU of a bare session subtracted). Together they say how much faster a server could make the
 # small-file figure at all: with a client turn of C and a server turn of S, a server with
 # turns of S' gets (C + S) / (C + S') of the other's rate.
 #
@@ -69,8 +69,6 @@ if ! kill -0 "$probe" 2>/dev/null; then
 fi
 kill "$probe" 2>/dev/null; wait "$probe" 2>/dev/null || true
 
-# cpu_ticks PID: user+system clock ticks of PID and its reaped children
-cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13 + $14 + $15}'; }
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 # steal_ticks: the machine's steal time so far (/proc/stat; a VM's host running something
 # else): a session with steal is flagged, and left out of the paired ratios
@@ -88,21 +86,21 @@ measure() {
   local t="$1" c="$2" op="$3" batch="$4" r="$5" cap="$WORK/cap.pcap" a b s0 s1 t0 t1 turns
   tcpdump -i lo -nn -s 128 -w "$cap" "tcp port $BENCH_PORT" 2>/dev/null & CAPTURE_PID=$!
   sleep 0.5
-  a="$(cpu_ticks "$BENCH_SERVER_PID")"; s0="$(steal_ticks)"; t0="$(date +%s.%N)"
+  a="$(server_cpu "$t")"; s0="$(steal_ticks)"; t0="$(date +%s.%N)"
   session "$c" "$batch"
   t1="$(date +%s.%N)"; s1="$(steal_ticks)"
   # The session's sshd is reaped by its listener, and tcpdump hands over its last block of
   # packets (its 1 s timeout: without --immediate-mode, which wakes tcpdump per packet and
   # slows a server of several processes more than one of one, it is no observer then).
   sleep 1.5
-  b="$(cpu_ticks "$BENCH_SERVER_PID")"
+  b="$(server_cpu "$t")"
   kill "$CAPTURE_PID"; wait "$CAPTURE_PID" 2>/dev/null || true; CAPTURE_PID=""
   tcpdump -tt -nn -r "$cap" 2>/dev/null > "$WORK/cap.txt"
   turns="$(python3 "$REPO/bench/turns.py" "$WORK/cap.txt" "$BENCH_PORT")"
   printf '{"round": %d, "cipher": "%s", "target": "%s", "op": "%s", "files": %d, "steal_s": %s, "wall_s": %s, "cpu_s": %s, "setup_cpu_s": %s, "turns": %s}\n' \
     "$r" "$c" "$t" "$op" "$BENCH_SMALL_N" "$(awk -v a="$s0" -v b="$s1" -v k="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / k}')" \
     "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.6f", b - a}')" \
-    "$(awk -v a="$a" -v b="$b" -v k="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / k}')" "$SETUP_CPU" "$turns" >> "$RESULTS"
+    "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.6f", b - a}')" "$SETUP_CPU" "$turns" >> "$RESULTS"
 }
 
 n=${#targets[@]}
@@ -118,8 +116,8 @@ for ((r = 0; r < BENCH_RUNS; r++)); do
       printf 'rm "%s"/*\nrmdir "%s"\n' "$rdir" "$rdir" > "$WORK/b.rm"
       # the CPU of a bare session (connect, key exchange, auth, SFTP init): median of 3
       SETUP_CPU="$(for _ in 1 2 3; do
-                     a="$(cpu_ticks "$BENCH_SERVER_PID")"; session "$c" "$WORK/b.pwd"; sleep 0.3
-                     awk -v a="$a" -v b="$(cpu_ticks "$BENCH_SERVER_PID")" -v k="$CLK_TCK" 'BEGIN {printf "%.3f\n", (b - a) / k}'
+                     a="$(server_cpu "$t")"; session "$c" "$WORK/b.pwd"; sleep 0.3
+                     awk -v a="$a" -v b="$(server_cpu "$t")" 'BEGIN {printf "%.6f\n", b - a}'
                    done | sort -g | sed -n 2p)"
       log "round $((r + 1))/$BENCH_RUNS, $c, $t"
       rm -rf "$WORK/down"
@@ -142,7 +140,7 @@ if [[ -n "$BENCH_DOC" ]]; then
     echo
     machine_info
     echo "- load (uptime) before: $LOAD_BEFORE; after: $LOAD_AFTER"
-    for t in "${targets[@]}"; do echo "- $t: $(describe_target "$t")"; done
+    for t in "${targets[@]}"; do echo "- $t: $(describe_target "$t"); CPU from $(cpu_source "$t")"; done
     echo
     echo "$TABLE"
   } | write_section "$BENCH_DOC" "bench/turns.sh"

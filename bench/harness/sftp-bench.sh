@@ -23,6 +23,10 @@
 #                               the server's CPU time per GiB is recorded for the 1 GiB transfers
 #                               (utime+stime of it and of its reaped children, from /proc; the median
 #                               server CPU of a bare session setup is subtracted)
+#                BENCH_SERVER_CGROUP  optional cgroup directory that holds the server and what it starts
+#                               (bench/lib.sh makes one): then its CPU time comes from the cgroup
+#                               (v1 cpuacct.usage or v2 cpu.stat), exact, instead of /proc's 10 ms
+#                               ticks, which also miss a child not yet reaped
 #                BENCH_RAW      auto|yes|no: raw 'ssh cat' ceiling (auto = only if the target gives a shell)
 #                BENCH_NAME     label for the results (host:port)
 #                BENCH_RESULTS  markdown file to append result rows to (none)
@@ -106,6 +110,13 @@ now() { date +%s.%N; }
 # server CPU seconds so far (self + reaped children), or empty if BENCH_SERVER_PID is not usable
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 srv_cpu() {
+  if [[ -n "${BENCH_SERVER_CGROUP:-}" ]]; then
+    if [[ -r "$BENCH_SERVER_CGROUP/cpuacct.usage" ]]; then
+      awk '{printf "%.6f\n", $1 / 1e9}' "$BENCH_SERVER_CGROUP/cpuacct.usage"; return 0
+    elif [[ -r "$BENCH_SERVER_CGROUP/cpu.stat" ]]; then
+      awk '$1 == "usage_usec" {printf "%.6f\n", $2 / 1e6}' "$BENCH_SERVER_CGROUP/cpu.stat"; return 0
+    fi
+  fi
   [[ -n "${BENCH_SERVER_PID:-}" && -r "/proc/${BENCH_SERVER_PID}/stat" ]] || return 0
   sed 's/^.*) //' "/proc/${BENCH_SERVER_PID}/stat" | awk -v t="$CLK_TCK" '{printf "%.3f\n", ($12+$13+$14+$15)/t}'
 }

@@ -7,8 +7,9 @@
 //!
 //! Reported per phase: aggregate MB/s (all bytes over the wall time of the phase),
 //! per-session MB/s (min, median, max; sessions below half the mean are flagged as unfair),
-//! the server's CPU seconds per GiB moved when `--server-pid` is given (utime + stime of that
-//! process and every live descendant, plus what they reaped, from /proc, so OpenSSH's
+//! the server's CPU seconds per GiB moved when `--server-cgroup` or `--server-pid` is given
+//! (the cgroup's own count, exact; or utime + stime of that process and every live
+//! descendant, plus what they reaped, from /proc, in 10 ms ticks; either way OpenSSH's
 //! per-connection sshd and sftp-server processes count too), and the load generator's own
 //! CPU seconds per GiB (to see whether the client is the limit).
 //!
@@ -100,6 +101,10 @@ struct Args {
     /// PID of the server's listening process on this machine: report its CPU per GiB.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// A cgroup directory holding the server and what it starts (v1 with `cpuacct.usage`,
+    /// v2 with `cpu.stat`): report its CPU per GiB from there, exactly (over --server-pid).
+    #[arg(long)]
+    server_cgroup: Option<PathBuf>,
     /// Label for the RESULT lines.
     #[arg(long, default_value = "")]
     label: String,
@@ -265,11 +270,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let mut results = Vec::new();
-    let (sessions, up) = phase(sessions, &paths, Phase::Up, &ctx, args.server_pid).await?;
+    let server = ServerCpu::from_args(&args);
+    let (sessions, up) = phase(sessions, &paths, Phase::Up, &ctx, server.as_ref()).await?;
     if report_up {
         results.push(up);
     }
-    let (mut sessions, down) = phase(sessions, &paths, Phase::Down, &ctx, args.server_pid).await?;
+    let (mut sessions, down) = phase(sessions, &paths, Phase::Down, &ctx, server.as_ref()).await?;
     if report_down {
         results.push(down);
     }
@@ -319,9 +325,9 @@ async fn phase(
     paths: &[String],
     phase: Phase,
     ctx: &Arc<Ctx>,
-    server_pid: Option<u32>,
+    server: Option<&ServerCpu>,
 ) -> anyhow::Result<(Vec<Sftp>, PhaseStats)> {
-    let server0 = server_pid.and_then(tree_cpu);
+    let server0 = server.and_then(ServerCpu::seconds);
     let client0 = self_cpu();
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -354,7 +360,7 @@ async fn phase(
         return Err(e);
     }
     let wall = start.elapsed();
-    let server_cpu = match (server0, server_pid.and_then(tree_cpu)) {
+    let server_cpu = match (server0, server.and_then(ServerCpu::seconds)) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
@@ -797,7 +803,55 @@ fn describe(response: &Response) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// CPU time from /proc
+// The server's CPU time: from its cgroup, else from /proc
+
+/// Where the server's CPU time is read.
+enum ServerCpu {
+    /// A cgroup of its own: the kernel's count, in ns or us, of every process in it,
+    /// exited or not.
+    Cgroup(PathBuf),
+    /// /proc/PID/stat of the listening process and its descendants: 10 ms ticks, each
+    /// process's user and system time rounded down to one.
+    Tree(u32),
+}
+
+impl ServerCpu {
+    fn from_args(args: &Args) -> Option<ServerCpu> {
+        match (&args.server_cgroup, args.server_pid) {
+            (Some(dir), _) => Some(ServerCpu::Cgroup(dir.clone())),
+            (None, Some(pid)) => Some(ServerCpu::Tree(pid)),
+            (None, None) => None,
+        }
+    }
+
+    /// CPU seconds so far; `None` when they cannot be read.
+    fn seconds(&self) -> Option<f64> {
+        match self {
+            ServerCpu::Cgroup(dir) => cgroup_cpu(dir),
+            ServerCpu::Tree(pid) => tree_cpu(*pid),
+        }
+    }
+}
+
+/// CPU seconds of a cgroup: v1 `cpuacct.usage` (ns), else v2 `cpu.stat` (`usage_usec`).
+fn cgroup_cpu(dir: &std::path::Path) -> Option<f64> {
+    if let Ok(text) = std::fs::read_to_string(dir.join("cpuacct.usage")) {
+        return text.trim().parse::<u64>().ok().map(|ns| ns as f64 / 1e9);
+    }
+    let text = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+    parse_cpu_stat(&text)
+}
+
+/// `usage_usec` of a cgroup v2 `cpu.stat`, in seconds.
+fn parse_cpu_stat(text: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == "usage_usec")
+            .then(|| value.trim().parse::<u64>().ok())
+            .flatten()
+            .map(|us| us as f64 / 1e6)
+    })
+}
 
 /// `(ppid, utime + stime + cutime + cstime in ticks)` from the text of /proc/PID/stat.
 fn parse_stat(text: &str) -> Option<(u32, u64, u64)> {
@@ -865,6 +919,22 @@ mod tests {
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert_eq!(parse_size("1000"), Ok(1000));
         assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn cgroup_cpu_reads_either_version() {
+        let stat = "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n";
+        assert_eq!(parse_cpu_stat(stat), Some(2.5));
+        assert_eq!(parse_cpu_stat("user_usec 1\n"), None);
+        let dir = std::env::temp_dir().join(format!("loadgen-cgroup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cpu.stat"), stat).unwrap();
+        assert_eq!(cgroup_cpu(&dir), Some(2.5));
+        // v1 wins where both are there (a v1 cpuacct cgroup has only its own file).
+        std::fs::write(dir.join("cpuacct.usage"), "1250000000\n").unwrap();
+        assert_eq!(cgroup_cpu(&dir), Some(1.25));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(cgroup_cpu(&dir), None);
     }
 
     #[test]
