@@ -240,7 +240,7 @@ server_cpu() {
 }
 # cpu_source NAME: how the scripts read the server's CPU, in words for the docs.
 cpu_source() {
-  if [[ -n "${CGROUPS[$1]:-}" ]]; then echo "its cgroup (${CGROUPS[$1]##*/}: $(cgroup_base | cut -d' ' -f1), exact)"
+  if [[ -n "${CGROUPS[$1]:-}" ]]; then echo "its own cgroup ($(cgroup_base | cut -d' ' -f1), exact)"
   else echo "/proc (10 ms ticks, reaped children)"; fi
 }
 
