@@ -29,6 +29,8 @@
 #        BENCH_BUILD       1: cargo build --release first (1)
 #        BENCH_STATE       state dir (/dev/shm/sftpgate-e2e-<uid>); removed at the end unless
 #                          BENCH_KEEP_STATE=1
+#        BENCH_CGROUP      1: each server in a CPU cgroup of its own where the machine allows,
+#                          its CPU read from there, exactly; 0: from /proc (1; bench/lib.sh)
 #        also the harness's BENCH_SMALL_N, BENCH_SMALL_KB, BENCH_LS_N, BENCH_LS_REPEAT, BENCH_STAT_N,
 #        BENCH_DEEP_ARGS, BENCH_KEX
 set -euo pipefail

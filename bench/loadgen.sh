@@ -19,7 +19,7 @@
 #                        (OpenSSH's largest; `sftp -R 256 -B 261120`), par8 = 8 sessions x 64
 #                        in flight x 32 KiB (the OpenSSH client's default request size)
 #        BENCH_BASE      (openssh-external)   BENCH_DOC (docs/performance.md; empty: none)
-#        BENCH_BUILD, BENCH_STATE, BENCH_KEEP_STATE as in bench/e2e.sh
+#        BENCH_BUILD, BENCH_STATE, BENCH_KEEP_STATE, BENCH_CGROUP as in bench/e2e.sh
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

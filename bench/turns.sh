@@ -8,10 +8,11 @@
 # each session's time by who holds the turn (bench/turns.py): server turns (request sent ->
 # reply sent: the server's wake-up, work and send) and client turns (reply sent -> next
 # request sent: OpenSSH's ssh and sftp processes). It also reads the server's CPU time per
-# server turn (from the server's cgroup, else /proc/PID/stat of the listening process with
-# its reaped children: bench/lib.sh's server_cpu; the CPU of a bare session subtracted). Together they say how much faster a server could make the
-# small-file figure at all: with a client turn of C and a server turn of S, a server with
-# turns of S' gets (C + S) / (C + S') of the other's rate.
+# server turn (bench/lib.sh's server_cpu: from the server's cgroup, else /proc/PID/stat of
+# the listening process with its reaped children; the CPU of a bare session subtracted).
+# Together they say how much faster a server could make the small-file figure at all: with
+# a client turn of C and a server turn of S, a server with turns of S' gets (C + S) /
+# (C + S') of the other's rate.
 #
 # Needs tcpdump (apt-get install tcpdump) and the right to capture on lo (root or
 # CAP_NET_RAW). Every download is compared with the uploaded tree (diff -r).
@@ -24,7 +25,7 @@
 #        BENCH_SMALL_N   files (2000), BENCH_SMALL_KB size of each (4)
 #        BENCH_DOC       markdown file to write the section into (docs/performance.md;
 #                        empty: do not write)
-#        BENCH_BUILD, BENCH_STATE, BENCH_KEEP_STATE, SFTPGATE_REF as in bench/e2e.sh
+#        BENCH_BUILD, BENCH_STATE, BENCH_KEEP_STATE, BENCH_CGROUP, SFTPGATE_REF as in bench/e2e.sh
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
