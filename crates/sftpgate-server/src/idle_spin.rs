@@ -32,8 +32,9 @@
 //! - it never keeps another program off its CPU: every turn of the spin calls
 //!   `sched_yield(2)`, which runs whatever else is runnable there first. Without it, a
 //!   client on the same machine that the kernel woke onto the spinning CPU waited out the
-//!   spin: with one core busy in another program, 2,000 x 4 KiB `put -r` took 0.71-0.88 s
-//!   against 0.51-0.60 s with the yield (2 vCPU VM, OpenSSH's sftp, alternating runs).
+//!   spin: with one core busy in another program, 2,000 x 4 KiB `put -r` took 0.74 s
+//!   against 0.51 s with the yield (medians of 6 alternating pairs, 2 vCPU VM, OpenSSH's
+//!   sftp; docs/performance.md, "Twenty-fourth run"), and no longer on a quiet machine.
 //!
 //! Metrics: `sftpgate_idle_spins_total{result="found"|"missed"}` and
 //! `sftpgate_idle_spin_microseconds_total` (the time spent spinning, all of it CPU).
