@@ -218,15 +218,21 @@ impl EventLog {
             .collect()
     }
 
-    /// The session ids the factory was called with, in order.
+    /// The session ids the factory was called with, in the order the server accepted their
+    /// `sftp` subsystem requests (ascending ids). Not in the order the factory calls started:
+    /// each session runs in a task of its own, so two sessions opened back to back on one
+    /// connection may start their factories in either order.
     pub fn factory_sessions(&self) -> Vec<SessionId> {
-        self.events()
+        let mut sessions: Vec<SessionId> = self
+            .events()
             .into_iter()
             .filter_map(|e| match e {
                 Event::FactoryStart { session, .. } => Some(session),
                 _ => None,
             })
-            .collect()
+            .collect();
+        sessions.sort();
+        sessions
     }
 
     /// When the first event matching `what` happened.
