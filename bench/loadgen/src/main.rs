@@ -32,13 +32,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use clap::Parser;
 use russh::client;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect};
 use sftpgate_proto::{
-    append_message, Decoder, FileAttributes, OpenFlags, Request, Response, StatusCode,
+    append_message, Decoder, FileAttributes, OpenFlags, PacketType, Request, Response, StatusCode,
+    DATA_HEADER_LEN,
 };
 use tokio::sync::Semaphore;
 
@@ -187,7 +188,7 @@ struct Ctx {
     size: u64,
     request: usize,
     in_flight: usize,
-    /// Bytes per channel data message of an upload.
+    /// Largest channel data message of requests (an upload's WRITEs, READs sent together).
     chunk: usize,
 }
 
@@ -695,45 +696,54 @@ impl Sftp {
             ..
         } = self;
         let writer = &*writer;
-        let read_request = |id: u32, offset: u64, len: u32| {
-            let mut out = BytesMut::with_capacity(64);
+        let read_request = |out: &mut BytesMut, id: u32, offset: u64, len: u32| {
             Request::Read {
                 id,
                 handle: handle.clone(),
                 offset,
                 len,
             }
-            .encode(&mut out);
-            out.freeze()
+            .encode(out);
         };
+        // READs go out together when the window has room for several (after a burst of
+        // replies), one channel message for all of them, as OpenSSH's `ssh` forwards what
+        // its `sftp` queued in the pipe: a message per READ would cost the server an SSH
+        // packet per request.
         let send = async {
+            let mut out = BytesMut::new();
             for k in 0..count {
-                window.acquire().await?.forget();
+                match window.try_acquire() {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => {
+                        if !out.is_empty() {
+                            writer.data_bytes(out.split().freeze()).await?;
+                        }
+                        window.acquire().await?.forget();
+                    }
+                }
                 let id = first.wrapping_add(k as u32);
                 let offset = k * req;
                 let len = req.min(size - offset) as u32;
                 pending.lock().expect("pending").insert(id, (offset, len));
-                writer.data_bytes(read_request(id, offset, len)).await?;
+                read_request(&mut out, id, offset, len);
+                if out.len() >= ctx.chunk {
+                    writer.data_bytes(out.split().freeze()).await?;
+                }
+            }
+            if !out.is_empty() {
+                writer.data_bytes(out.split().freeze()).await?;
             }
             anyhow::Ok(())
         };
         let receive = async {
             let mut received = 0u64;
             while received < size {
-                let response = recv(reader, input, decoder).await?;
-                let Response::Data { id, data } = response else {
-                    bail!("READ: {}", describe(&response));
-                };
-                let Some((offset, len)) = pending.lock().expect("pending").remove(&id) else {
-                    bail!("DATA for unknown request id {id}");
-                };
-                let n = data.len();
-                if n == 0 || n > len as usize {
-                    bail!("READ of {len} B at {offset} returned {n} B");
-                }
-                if data != ctx.pattern.slice(seed, offset, n) {
-                    bail!("content mismatch in the {n} B read at offset {offset}");
-                }
+                let expected = |id: u32| pending.lock().expect("pending").remove(&id);
+                let (offset, len, n) =
+                    match recv_data(reader, input, decoder, expected, &ctx.pattern, seed).await? {
+                        Reply::Data { offset, len, n } => (offset, len, n),
+                        Reply::Other(response) => bail!("READ: {}", describe(&response)),
+                    };
                 received += n as u64;
                 if n < len as usize {
                     // A short read: ask for the rest (same window slot).
@@ -741,7 +751,9 @@ impl Sftp {
                     let id = retry_id;
                     retry_id = retry_id.wrapping_add(1);
                     pending.lock().expect("pending").insert(id, (offset, len));
-                    writer.data_bytes(read_request(id, offset, len)).await?;
+                    let mut out = BytesMut::with_capacity(64);
+                    read_request(&mut out, id, offset, len);
+                    writer.data_bytes(out.freeze()).await?;
                 } else {
                     window.add_permits(1);
                 }
@@ -750,6 +762,146 @@ impl Sftp {
         };
         tokio::try_join!(send, receive)?;
         self.close(handle).await
+    }
+}
+
+/// What [`recv_data`] took off the channel.
+#[derive(Debug)]
+enum Reply {
+    /// DATA for the READ of `len` bytes at `offset`: `n` bytes, all as expected.
+    Data { offset: u64, len: u32, n: usize },
+    /// Any other reply (never DATA).
+    Other(Response),
+}
+
+/// The next reply of a download: DATA compared with the expected content, which `expected`
+/// gives (and forgets) for the id of each READ in flight as `(offset, len)`. A DATA reply
+/// whose header has arrived but not all of its data is compared piece by piece as the
+/// channel's messages bring it, instead of being joined into one buffer first (a copy of
+/// every byte downloaded, and with 32 KiB READs every reply straddles two messages); any
+/// other reply is decoded as [`recv`] does.
+async fn recv_data(
+    reader: &mut ChannelReadHalf,
+    input: &mut BytesMut,
+    decoder: &mut Decoder,
+    mut expected: impl FnMut(u32) -> Option<(u64, u32)>,
+    pattern: &Pattern,
+    seed: u64,
+) -> anyhow::Result<Reply> {
+    loop {
+        if let Some(header) = data_header_of(input) {
+            let DataHeader { frame_len, id, n } = header;
+            if frame_len > decoder.max_packet() as usize {
+                bail!(
+                    "DATA of {frame_len} B, above the limit of {}",
+                    decoder.max_packet()
+                );
+            }
+            let Some((offset, len)) = expected(id) else {
+                bail!("DATA for unknown request id {id}");
+            };
+            if n == 0 || n > len as usize {
+                bail!("READ of {len} B at {offset} returned {n} B");
+            }
+            let mut check = DataCheck::new(pattern.slice(seed, offset, n));
+            input.advance(DATA_HEADER_LEN);
+            let first = input.split_to(input.len().min(n));
+            check.feed(&first).map_err(|()| mismatch(n, offset))?;
+            while !check.done() {
+                let message = next_message(reader).await?;
+                let taken = check.feed(&message).map_err(|()| mismatch(n, offset))?;
+                // The rest alone refers to the message's buffer once `message` is gone, so
+                // that `append_message` can take it over.
+                let rest = message.slice(taken..);
+                drop(message);
+                append_message(input, rest);
+            }
+            return Ok(Reply::Data { offset, len, n });
+        }
+        if let Some(response) = decoder
+            .decode_response(input)
+            .context("undecodable reply")?
+        {
+            return Ok(Reply::Other(response));
+        }
+        let message = next_message(reader).await?;
+        append_message(input, message);
+    }
+}
+
+fn mismatch(n: usize, offset: u64) -> anyhow::Error {
+    anyhow::anyhow!("content mismatch in the {n} B read at offset {offset}")
+}
+
+/// A DATA reply's data compared with what it should be, piece by piece as it arrives.
+struct DataCheck {
+    want: Bytes,
+    seen: usize,
+}
+
+impl DataCheck {
+    fn new(want: Bytes) -> DataCheck {
+        DataCheck { want, seen: 0 }
+    }
+
+    /// Compares the front of `bytes`, as much of it as the data still lacks, and says how
+    /// much that was (what follows belongs to the next reply); `Err` on a difference.
+    fn feed(&mut self, bytes: &[u8]) -> Result<usize, ()> {
+        let take = (self.want.len() - self.seen).min(bytes.len());
+        if bytes[..take] != self.want[self.seen..self.seen + take] {
+            return Err(());
+        }
+        self.seen += take;
+        Ok(take)
+    }
+
+    fn done(&self) -> bool {
+        self.seen == self.want.len()
+    }
+}
+
+/// A DATA reply's header at the front of `input`.
+#[derive(Debug, PartialEq, Eq)]
+struct DataHeader {
+    /// The frame's length field: type, id, data length and data.
+    frame_len: usize,
+    id: u32,
+    /// Bytes of data.
+    n: usize,
+}
+
+/// The header of the DATA reply at the front of `input`, if that is what is there and its
+/// header has arrived whole; `None` for anything else (another reply, a header still
+/// incomplete, a frame whose lengths disagree: the decoder's path then answers it).
+fn data_header_of(input: &[u8]) -> Option<DataHeader> {
+    let header: &[u8; DATA_HEADER_LEN] = input.get(..DATA_HEADER_LEN)?.try_into().ok()?;
+    if header[4] != PacketType::Data as u8 {
+        return None;
+    }
+    let word = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let (frame_len, id, n) = (word(0) as usize, word(5), word(9) as usize);
+    (frame_len == 9 + n).then_some(DataHeader { frame_len, id, n })
+}
+
+/// The next channel data message; anything else but stderr ends the session.
+async fn next_message(reader: &mut ChannelReadHalf) -> anyhow::Result<Bytes> {
+    loop {
+        match reader.wait().await {
+            Some(ChannelMsg::Data { data }) => return Ok(data),
+            Some(ChannelMsg::ExtendedData { data, .. }) => {
+                eprintln!(
+                    "server stderr: {}",
+                    String::from_utf8_lossy(&data).trim_end()
+                );
+            }
+            Some(ChannelMsg::Failure) => bail!("the server refused the sftp subsystem"),
+            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
+                bail!("the server closed the SFTP channel")
+            }
+            Some(_) => {}
+        }
     }
 }
 
@@ -766,20 +918,8 @@ async fn recv(
         {
             return Ok(response);
         }
-        match reader.wait().await {
-            Some(ChannelMsg::Data { data }) => append_message(input, data),
-            Some(ChannelMsg::ExtendedData { data, .. }) => {
-                eprintln!(
-                    "server stderr: {}",
-                    String::from_utf8_lossy(&data).trim_end()
-                );
-            }
-            Some(ChannelMsg::Failure) => bail!("the server refused the sftp subsystem"),
-            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
-                bail!("the server closed the SFTP channel")
-            }
-            Some(_) => {}
-        }
+        let message = next_message(reader).await?;
+        append_message(input, message);
     }
 }
 
@@ -912,6 +1052,77 @@ fn self_cpu() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_headers_are_recognised_only_whole_and_consistent() {
+        let mut frame = BytesMut::new();
+        sftpgate_proto::encode_data_header(&mut frame, 7, 1000);
+        let header = frame.to_vec();
+        assert_eq!(
+            data_header_of(&header),
+            Some(DataHeader {
+                frame_len: 1009,
+                id: 7,
+                n: 1000
+            })
+        );
+        assert_eq!(data_header_of(&header[..DATA_HEADER_LEN - 1]), None);
+        let mut status = header.clone();
+        status[4] = PacketType::Status as u8;
+        assert_eq!(data_header_of(&status), None);
+        let mut inconsistent = header.clone();
+        inconsistent[3] ^= 1;
+        assert_eq!(data_header_of(&inconsistent), None);
+    }
+
+    /// A DATA reply cut into messages anywhere: the data is checked whole and whatever
+    /// follows it is left for the next reply; a changed byte anywhere is caught.
+    #[test]
+    fn data_is_checked_across_any_message_boundaries() {
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 % 251) as u8).collect();
+        let next = b"next reply";
+        let mut stream = BytesMut::new();
+        sftpgate_proto::encode_data_header(&mut stream, 3, data.len());
+        stream.extend_from_slice(&data);
+        stream.extend_from_slice(next);
+        let stream = stream.freeze();
+        // Feeds the bytes after the header in messages cut at `cuts`, as recv_data does;
+        // returns whether they matched and what was left over.
+        let run = |body: &[u8], cuts: &[usize]| -> (Result<(), ()>, Vec<u8>) {
+            let mut check = DataCheck::new(Bytes::from(data.clone()));
+            let mut left = Vec::new();
+            let mut at = 0;
+            for &cut in cuts.iter().chain(std::iter::once(&body.len())) {
+                let message = &body[at..cut.max(at)];
+                at = cut.max(at);
+                if check.done() {
+                    left.extend_from_slice(message);
+                    continue;
+                }
+                match check.feed(message) {
+                    Ok(taken) => left.extend_from_slice(&message[taken..]),
+                    Err(()) => return (Err(()), left),
+                }
+            }
+            assert!(check.done());
+            (Ok(()), left)
+        };
+        let header = data_header_of(&stream).expect("a DATA header");
+        assert_eq!(header.n, data.len());
+        let body = &stream[DATA_HEADER_LEN..];
+        for a in 0..=body.len() {
+            for b in (a..=body.len()).step_by(37) {
+                assert_eq!(run(body, &[a, b]), (Ok(()), next.to_vec()), "cuts {a} {b}");
+            }
+        }
+        for flip in [0, 1, 150, data.len() - 1] {
+            let mut bad = body.to_vec();
+            bad[flip] ^= 0x80;
+            for cut in [0, flip, flip + 1, 200] {
+                assert_eq!(run(&bad, &[cut]).0, Err(()), "flip {flip} cut {cut}");
+            }
+        }
+    }
 
     #[test]
     fn sizes_parse() {

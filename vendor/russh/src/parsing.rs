@@ -4,6 +4,29 @@ use crate::msg;
 
 use crate::map_err;
 
+/// sftpgate: decodes an SSH `string` from `r` as `Bytes::decode` does, as a slice of
+/// `incoming`, the packet being processed, where `r` reads that packet (its remaining
+/// bytes are the packet's last ones): no copy of channel data. Elsewhere (`incoming` empty
+/// or shorter than what is left), a copy.
+pub(crate) fn take_incoming_bytes<R: Reader>(
+    incoming: &bytes::Bytes,
+    r: &mut R,
+) -> Result<bytes::Bytes, ssh_encoding::Error> {
+    let remaining = r.remaining_len();
+    if incoming.len() < remaining {
+        return bytes::Bytes::decode(r);
+    }
+    // The string's bytes start after its 4-byte length.
+    let at = incoming.len() - remaining + 4;
+    r.read_prefixed(|body: &mut R| {
+        let end = at
+            .checked_add(body.remaining_len())
+            .filter(|&end| end <= incoming.len())
+            .ok_or(ssh_encoding::Error::Length)?;
+        Ok(incoming.slice(at..end))
+    })
+}
+
 /// Require a decoded known-message payload to be fully consumed.
 ///
 /// SSH RFCs and implemented OpenSSH extensions define exact field layouts for

@@ -71,7 +71,13 @@ impl Session {
             pkt.buffer.len()
         );
 
-        self.process_packet(client, &pkt.buffer).await
+        // sftpgate: the packet's bytes (nothing reads `pkt`'s buffer after this), kept so
+        // that CHANNEL_DATA can be a slice of them.
+        let packet = std::mem::take(&mut pkt.buffer);
+        self.incoming = packet.clone();
+        let result = self.process_packet(client, &packet).await;
+        self.incoming = Bytes::new();
+        result
     }
 
     pub(crate) async fn process_packet<H: Handler>(
@@ -590,7 +596,7 @@ impl Session {
             Some((&msg::CHANNEL_DATA, mut r)) => {
                 trace!("channel_data");
                 let channel_num = map_err!(ChannelId::decode(&mut r))?;
-                let data = map_err!(Bytes::decode(&mut r))?;
+                let data = map_err!(crate::parsing::take_incoming_bytes(&self.incoming, &mut r))?;
                 map_err!(ensure_end(&r))?;
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());

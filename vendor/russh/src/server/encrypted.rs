@@ -1440,26 +1440,6 @@ async fn reply_userauth_info_response(
 }
 
 impl Session {
-    /// sftpgate: decodes an SSH `string` from `r` as `Bytes::decode` does, as a slice of
-    /// the packet being processed (`incoming`) where `r` reads that packet (its remaining
-    /// bytes are the packet's last ones): no copy of channel data. Elsewhere, a copy.
-    fn take_incoming_bytes<R: Reader>(&self, r: &mut R) -> Result<Bytes, ssh_encoding::Error> {
-        let remaining = r.remaining_len();
-        if self.incoming.len() < remaining {
-            return Bytes::decode(r);
-        }
-        // The string's bytes start after its 4-byte length.
-        let at = self.incoming.len() - remaining + 4;
-        let incoming = &self.incoming;
-        r.read_prefixed(|body: &mut R| {
-            let end = at
-                .checked_add(body.remaining_len())
-                .filter(|&end| end <= incoming.len())
-                .ok_or(ssh_encoding::Error::Length)?;
-            Ok(incoming.slice(at..end))
-        })
-    }
-
     async fn server_read_authenticated<H: Handler + Send, R: Reader>(
         &mut self,
         handler: &mut H,
@@ -1512,7 +1492,7 @@ impl Session {
                     Some(map_err!(u32::decode(r))?)
                 };
                 trace!("handler.data {ext:?} {channel_num:?}");
-                let data = map_err!(self.take_incoming_bytes(r))?;
+                let data = map_err!(crate::parsing::take_incoming_bytes(&self.incoming, r))?;
                 map_err!(ensure_end(r))?;
                 let target = self.target_window_size;
 
