@@ -629,15 +629,7 @@ impl Sftp {
             let chunk = ctx.chunk;
             let mut out = BytesMut::new();
             for k in 0..count {
-                match window.try_acquire() {
-                    Ok(permit) => permit.forget(),
-                    Err(_) => {
-                        if !out.is_empty() {
-                            writer.data_bytes(out.split().freeze()).await?;
-                        }
-                        window.acquire().await?.forget();
-                    }
-                }
+                take_slot(&window, writer, &mut out).await?;
                 let offset = k * req;
                 let len = req.min(size - offset) as usize;
                 out.reserve(len + 64);
@@ -712,15 +704,7 @@ impl Sftp {
         let send = async {
             let mut out = BytesMut::new();
             for k in 0..count {
-                match window.try_acquire() {
-                    Ok(permit) => permit.forget(),
-                    Err(_) => {
-                        if !out.is_empty() {
-                            writer.data_bytes(out.split().freeze()).await?;
-                        }
-                        window.acquire().await?.forget();
-                    }
-                }
+                take_slot(&window, writer, &mut out).await?;
                 let id = first.wrapping_add(k as u32);
                 let offset = k * req;
                 let len = req.min(size - offset) as u32;
@@ -763,6 +747,25 @@ impl Sftp {
         tokio::try_join!(send, receive)?;
         self.close(handle).await
     }
+}
+
+/// Takes a slot in the request window; when none is free, first sends what `out` holds
+/// (the replies that free a slot answer requests the server must have), then waits.
+async fn take_slot(
+    window: &Semaphore,
+    writer: &ChannelWriteHalf<client::Msg>,
+    out: &mut BytesMut,
+) -> anyhow::Result<()> {
+    match window.try_acquire() {
+        Ok(permit) => permit.forget(),
+        Err(_) => {
+            if !out.is_empty() {
+                writer.data_bytes(out.split().freeze()).await?;
+            }
+            window.acquire().await?.forget();
+        }
+    }
+    Ok(())
 }
 
 /// What [`recv_data`] took off the channel.
