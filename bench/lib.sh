@@ -238,10 +238,13 @@ server_cpu() {
   sed 's/^.*) //' "/proc/$(cat "$BENCH_STATE/$1.pid")/stat" |
     awk -v k="$(getconf CLK_TCK 2>/dev/null || echo 100)" '{printf "%.3f\n", ($12 + $13 + $14 + $15) / k}'
 }
-# cpu_source NAME: how the scripts read the server's CPU, in words for the docs.
+# cpu_source NAME: how the scripts read the server's CPU, in words for the docs (the
+# cgroup's version by the file cgroup_cpu reads).
 cpu_source() {
-  if [[ -n "${CGROUPS[$1]:-}" ]]; then echo "its own cgroup ($(cgroup_base | cut -d' ' -f1), exact)"
-  else echo "/proc (10 ms ticks, reaped children)"; fi
+  local dir="${CGROUPS[$1]:-}"
+  if [[ -z "$dir" ]]; then echo "/proc (10 ms ticks, reaped children)"
+  elif [[ -r "$dir/cpuacct.usage" ]]; then echo "its own cgroup (v1, exact)"
+  else echo "its own cgroup (v2, exact)"; fi
 }
 
 # stop_started: what a script's EXIT trap does: stop every server in STARTED, then remove

@@ -988,11 +988,8 @@ fn cgroup_cpu(dir: &std::path::Path) -> Option<f64> {
 /// `usage_usec` of a cgroup v2 `cpu.stat`, in seconds.
 fn parse_cpu_stat(text: &str) -> Option<f64> {
     text.lines().find_map(|line| {
-        let (key, value) = line.split_once(' ')?;
-        (key == "usage_usec")
-            .then(|| value.trim().parse::<u64>().ok())
-            .flatten()
-            .map(|us| us as f64 / 1e6)
+        let value = line.strip_prefix("usage_usec ")?;
+        value.trim().parse::<u64>().ok().map(|us| us as f64 / 1e6)
     })
 }
 
