@@ -7,9 +7,9 @@
 # flight; OpenSSH 9's client sizes them from the server's limits@openssh.com reply, 255 KiB
 # here) and with -B 32768 (the request size of older clients and of servers without that
 # extension), every download compared with the source. Target (issue 7): default >= 5x
-# forced-1. The no-latency target is the same server without the added latency: the
-# ceiling of each client variant on this machine (the OpenSSH client is the limit there), so
-# the table shows how much of it the default reaches with the latency.
+# forced-1. The no-latency target is the same server without the added latency (LocalFs as
+# `sftpgate serve` runs it): what each client variant moves on this machine with no latency
+# at all, so the table shows how much of that the default reaches with the latency.
 #
 # Targets are interleaved, the order rotating per run. Writes a section into
 # docs/performance.md. (The -nodelay variants set TCP_NODELAY on the listening socket; since
@@ -134,7 +134,7 @@ if [[ -n "$BENCH_DOC" ]]; then
   {
     echo "## Slow storage: +$((SLOWFS_DELAY_US / 1000)) ms per file read and write (bench/slowfs.sh)"
     echo
-    echo "Run $STARTED_AT with \`BENCH_RUNS=$BENCH_RUNS SLOWFS_MB=$SLOWFS_MB bench/slowfs.sh\`: ${SLOWFS_MB} MiB put and get with OpenSSH's sftp at its default pipelining (64 requests in flight of the size the server's limits@openssh.com allow: 255 KiB) and with -B 32768, $BENCH_CIPHER, each download compared with the source; session setup (median of 5 bare sessions) subtracted; median [min-max] of $BENCH_RUNS runs, servers interleaved. Server: bench/loadgen's sftpgate-slowfs-server (sftpgate's Server, LocalFs wrapped so that every File::read and File::write first sleeps ${SLOWFS_DELAY_US} us with tokio::time::sleep, which rounds up to the timer's 1 ms tick); no-latency is the same server without the sleep, the ceiling of each client variant here."
+    echo "Run $STARTED_AT with \`BENCH_RUNS=$BENCH_RUNS SLOWFS_MB=$SLOWFS_MB bench/slowfs.sh\`: ${SLOWFS_MB} MiB put and get with OpenSSH's sftp at its default pipelining (64 requests in flight of the size the server's limits@openssh.com allow: 255 KiB) and with -B 32768, $BENCH_CIPHER, each download compared with the source; session setup (median of 5 bare sessions) subtracted; median [min-max] of $BENCH_RUNS runs, servers interleaved. Server: bench/loadgen's sftpgate-slowfs-server (sftpgate's Server, LocalFs wrapped so that every File::read and File::write first sleeps ${SLOWFS_DELAY_US} us with tokio::time::sleep, which rounds up to the timer's 1 ms tick); no-latency is the same server without the sleep (then LocalFs exactly as sftpgate serve runs it, reads of files in memory made one SSH packet at a time: faster per byte than the slow server's one read per READ), what each client variant moves here with no latency at all."
     echo
     machine_info
     echo "- load (uptime) before: $LOAD_BEFORE; after: $LOAD_AFTER"

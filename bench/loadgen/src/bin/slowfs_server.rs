@@ -17,7 +17,7 @@ use anyhow::{bail, Context as _};
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
 use sftpgate_fs_local::LocalFs;
-use sftpgate_proto::{FileAttributes, OpenFlags, StatvfsReply, UsersGroupsReply};
+use sftpgate_proto::{FileAttributes, OpenFlags, StatvfsReply, UsersGroupsReply, WriteData};
 use sftpgate_server::keys::PublicKey;
 use sftpgate_server::{
     Authenticator, Cleanup, HookError, Limits, NoHooks, Server, ServerConfig, SftpContext,
@@ -390,6 +390,29 @@ impl File for SlowFile {
                 .map_err(|e| FsError::Other(format!("inline write: {e}")));
         }
         self.inner.write(offset, data).await
+    }
+    /// A WRITE comes in the pieces of the SSH messages it arrived in; LocalFs writes them
+    /// as they are (`pwritev`), as `sftpgate serve` does. (`plain` writes one buffer.)
+    async fn write_data(&self, offset: u64, data: WriteData) -> Result<(), FsError> {
+        if self.plain.is_some() {
+            return self.write(offset, data.into_bytes()).await;
+        }
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.inner.write_data(offset, data).await
+    }
+    /// The read hints only without a delay (then this is LocalFs as `sftpgate serve` runs
+    /// it): with one, every read waits, which is what a hint must not promise.
+    fn read_len_hint(&self, offset: u64, len: u32) -> Option<u32> {
+        if self.delay.is_zero() && self.plain.is_none() {
+            self.inner.read_len_hint(offset, len)
+        } else {
+            None
+        }
+    }
+    fn reads_from_memory(&self) -> bool {
+        self.delay.is_zero() && self.plain.is_none() && self.inner.reads_from_memory()
     }
     async fn stat(&self) -> Result<FileAttributes, FsError> {
         self.inner.stat().await

@@ -474,6 +474,9 @@ impl Handle {
     }
 }
 
+/// Most queued messages handled before the event loop looks at the socket again.
+const MAX_MESSAGES_PER_BATCH: usize = 64;
+
 impl Session {
     fn maybe_decompress(&mut self, buffer: &mut SSHBuffer) -> Result<IncomingSshPacket, Error> {
         if let Some(ref mut enc) = self.common.encrypted {
@@ -502,6 +505,29 @@ impl Session {
                 seqn: buffer.seqn,
             })
         }
+    }
+
+    /// Dispatches messages already queued on the session's internal channels, at most
+    /// `limit`, and none once a channel's data waits for the peer's window (the rest stay
+    /// in the bounded receiver; network reads go on, so a window adjustment releases them).
+    /// Returns how many it dispatched.
+    fn drain_queued(&mut self, limit: usize) -> Result<usize, Error> {
+        let mut drained = 0;
+        while drained < limit && !self.common.has_any_pending_data() && !self.common.disconnected
+        {
+            // Only Empty/Disconnected end the drain; both mean "nothing
+            // more to hand off right now", so treat them the same.
+            let msg = match self.priority_receiver.try_recv() {
+                Ok(msg) => msg,
+                Err(_) => match self.receiver.try_recv() {
+                    Ok(msg) => msg,
+                    Err(_) => break,
+                },
+            };
+            self.dispatch_msg(msg)?;
+            drained += 1;
+        }
+        Ok(drained)
     }
 
     /// Dispatch a single message received on the session's internal channel
@@ -689,28 +715,8 @@ impl Session {
             // client input (Ctrl+C, resize): once the cap is hit we fall through
             // to `select!`, which picks up any client-side event first. Gated on
             // `!kex.active()` to match the `select!` receiver arm.
-            const MAX_MESSAGES_PER_BATCH: usize = 64;
-            // Leave application messages in the bounded receiver once a peer's
-            // channel window is exhausted. Network reads remain active so a
-            // window adjustment can release the queued data.
-            if !self.kex.active() && !self.common.has_any_pending_data() {
-                let mut drained = 0;
-                while drained < MAX_MESSAGES_PER_BATCH {
-                    // Only Empty/Disconnected end the drain; both mean "nothing
-                    // more to hand off right now", so treat them the same.
-                    let msg = match self.priority_receiver.try_recv() {
-                        Ok(msg) => msg,
-                        Err(_) => match self.receiver.try_recv() {
-                            Ok(msg) => msg,
-                            Err(_) => break,
-                        },
-                    };
-                    self.dispatch_msg(msg)?;
-                    drained += 1;
-                    if self.common.has_any_pending_data() {
-                        break;
-                    }
-                }
+            if !self.kex.active() {
+                let drained = self.drain_queued(MAX_MESSAGES_PER_BATCH)?;
                 if drained > 0 {
                     self.flush()?;
                     crate::flush_or_timeout(
@@ -814,7 +820,15 @@ impl Session {
                         self.dispatch_msg(reply)?;
                     }
                     match msg {
-                        Some(msg) => self.dispatch_msg(msg)?,
+                        Some(msg) => {
+                            self.dispatch_msg(msg)?;
+                            // sftpgate: what was queued behind it goes into the same
+                            // socket write (a reply sent as several packets woke this
+                            // arm with its first packet, which went out alone).
+                            if !self.kex.active() {
+                                self.drain_queued(MAX_MESSAGES_PER_BATCH - 1)?;
+                            }
+                        }
                         None => {
                             debug!("self.receiver: received None");
                         }
