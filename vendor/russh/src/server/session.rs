@@ -701,6 +701,10 @@ impl Session {
         let reading = start_reading(stream_read, buffer, opening_cipher);
         pin!(reading);
         let mut is_reading = None;
+        // sftpgate: the `select!` receiver arm took as many queued messages as the cap
+        // allows last turn; then this turn goes straight to `select!`, so that the cap holds
+        // between two looks at the socket.
+        let mut capped_in_select = false;
 
         #[allow(clippy::panic)] // false positive in macro
         while !self.common.disconnected {
@@ -715,7 +719,8 @@ impl Session {
             // client input (Ctrl+C, resize): once the cap is hit we fall through
             // to `select!`, which picks up any client-side event first. Gated on
             // `!kex.active()` to match the `select!` receiver arm.
-            if !self.kex.active() {
+            let capped = std::mem::take(&mut capped_in_select);
+            if !self.kex.active() && !capped {
                 let drained = self.drain_queued(MAX_MESSAGES_PER_BATCH)?;
                 if drained > 0 {
                     self.flush()?;
@@ -826,7 +831,8 @@ impl Session {
                             // socket write (a reply sent as several packets woke this
                             // arm with its first packet, which went out alone).
                             if !self.kex.active() {
-                                self.drain_queued(MAX_MESSAGES_PER_BATCH - 1)?;
+                                capped_in_select = self.drain_queued(MAX_MESSAGES_PER_BATCH - 1)?
+                                    == MAX_MESSAGES_PER_BATCH - 1;
                             }
                         }
                         None => {
