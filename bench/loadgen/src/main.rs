@@ -808,15 +808,11 @@ async fn recv_data(
             }
             let mut check = DataCheck::new(pattern.slice(seed, offset, n));
             input.advance(DATA_HEADER_LEN);
-            let first = input.split_to(input.len().min(n));
-            check.feed(&first).map_err(|()| mismatch(n, offset))?;
+            let first = input.split_to(input.len().min(n)).freeze();
+            check.feed(first).map_err(|()| mismatch(n, offset))?;
             while !check.done() {
                 let message = next_message(reader).await?;
-                let taken = check.feed(&message).map_err(|()| mismatch(n, offset))?;
-                // The rest alone refers to the message's buffer once `message` is gone, so
-                // that `append_message` can take it over.
-                let rest = message.slice(taken..);
-                drop(message);
+                let rest = check.feed(message).map_err(|()| mismatch(n, offset))?;
                 append_message(input, rest);
             }
             return Ok(Reply::Data { offset, len, n });
@@ -847,15 +843,16 @@ impl DataCheck {
         DataCheck { want, seen: 0 }
     }
 
-    /// Compares the front of `bytes`, as much of it as the data still lacks, and says how
-    /// much that was (what follows belongs to the next reply); `Err` on a difference.
-    fn feed(&mut self, bytes: &[u8]) -> Result<usize, ()> {
+    /// Compares the front of `bytes`, as much of it as the data still lacks, and returns
+    /// what follows (the next reply's bytes: the only handle left on the message's buffer,
+    /// so that `append_message` can take it over); `Err` on a difference.
+    fn feed(&mut self, bytes: Bytes) -> Result<Bytes, ()> {
         let take = (self.want.len() - self.seen).min(bytes.len());
         if bytes[..take] != self.want[self.seen..self.seen + take] {
             return Err(());
         }
         self.seen += take;
-        Ok(take)
+        Ok(bytes.slice(take..))
     }
 
     fn done(&self) -> bool {
@@ -1099,8 +1096,8 @@ mod tests {
                     left.extend_from_slice(message);
                     continue;
                 }
-                match check.feed(message) {
-                    Ok(taken) => left.extend_from_slice(&message[taken..]),
+                match check.feed(Bytes::copy_from_slice(message)) {
+                    Ok(rest) => left.extend_from_slice(&rest),
                     Err(()) => return (Err(()), left),
                 }
             }
