@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use sftpgate_proto::{FileAttributes, OpenFlags, StatvfsReply, UsersGroupsReply, WriteData};
-use sftpgate_vfs::{Dir, EndReason, File, Filesystem, FsError, RenameMode, VPath};
+use sftpgate_vfs::{Dir, EndReason, File, Filesystem, FsError, ReadPart, RenameMode, VPath};
 
 use crate::permissions::{PermissionTable, Permissions};
 
@@ -322,6 +322,9 @@ impl File for PermissionFile {
     }
     fn reads_from_memory(&self) -> bool {
         self.inner.reads_from_memory()
+    }
+    async fn read_parts(&self, offset: u64, parts: &mut [ReadPart]) -> Result<usize, FsError> {
+        self.inner.read_parts(offset, parts).await
     }
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         self.inner.write(offset, data).await

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use rustix::buffer::spare_capacity;
 use rustix::io::{Errno, IoSlice, IoSliceMut, ReadWriteFlags};
 use sftpgate_proto::{FileAttributes, StatvfsReply, WriteData};
-use sftpgate_vfs::{File, FsError};
+use sftpgate_vfs::{parts_len, read_parts_in_turn, read_parts_joined, File, FsError, ReadPart};
 
 use crate::attrs::{self, Target};
 use crate::blocking::{Lane, INLINE_READ_MAX, INLINE_WRITE_IDLE_MAX, INLINE_WRITE_MAX};
@@ -128,6 +128,70 @@ impl File for LocalFile {
             }
         }
         read_pooled(&self.lane, fd, offset, len, buf).await
+    }
+
+    /// A file in memory: one `pread` per part, each straight into its part's room (`read`,
+    /// without zero-filling). Any other: one `preadv(2)` into the room of every part, from
+    /// the page cache inline (`RWF_NOWAIT`) where it can, else on the file's lane, as `read`
+    /// does with one buffer; the SSH layer then sends the parts as they are, where one
+    /// buffer would be copied into its packets (a copy of every byte downloaded).
+    async fn read_parts(&self, offset: u64, parts: &mut [ReadPart]) -> Result<usize, FsError> {
+        if self.in_memory || parts.len() < 2 {
+            return read_parts_in_turn(self, offset, parts).await;
+        }
+        if parts.len() > MAX_IOVECS {
+            return read_parts_joined(self, offset, parts).await;
+        }
+        let fd = self.fd()?;
+        let len = self.read_len(&fd, offset, parts_len(parts) as usize).await;
+        // What each part takes of those `len` bytes.
+        let mut left = len;
+        let caps: Vec<usize> = parts
+            .iter()
+            .map(|part| {
+                let cap = left.min(part.len as usize);
+                left -= cap;
+                cap
+            })
+            .collect();
+        let mut n = 0;
+        if self.nowait_reads.load(Ordering::Relaxed) {
+            let mut rooms = take_rooms(parts, &caps, 0);
+            let read = preadv_rooms(&fd, offset, &mut rooms, ReadWriteFlags::NOWAIT);
+            give_back(parts, rooms);
+            match read {
+                Ok(0) => return Err(FsError::Eof),
+                Ok(got) if got == len => return Ok(got),
+                // Part of it was cached; the rest comes from the pool.
+                Ok(got) => n = got,
+                Err(Errno::AGAIN) => {}
+                Err(Errno::OPNOTSUPP) => self.nowait_reads.store(false, Ordering::Relaxed),
+                Err(e) => return Err(from_errno(e)),
+            }
+        }
+        let mut rooms = take_rooms(parts, &caps, n);
+        let at = offset + n as u64;
+        let pooled = self
+            .lane
+            .run_sized(len - n, INLINE_READ_MAX, move || {
+                let got = preadv_rooms(&fd, at, &mut rooms, ReadWriteFlags::empty())
+                    .map_err(from_errno)?;
+                Ok((got, rooms))
+            })
+            .await;
+        match pooled {
+            Ok((got, rooms)) => {
+                give_back(parts, rooms);
+                match n + got {
+                    0 => Err(FsError::Eof),
+                    n => Ok(n),
+                }
+            }
+            Err(e) if n == 0 => Err(e),
+            // The cached part is read: the client gets a short read and asks again (then
+            // sees the error), as with `read`.
+            Err(_) => Ok(n),
+        }
     }
 
     /// What is left of the size this handle last saw (at open, after its writes, from a
@@ -319,7 +383,56 @@ async fn read_pooled(
     Ok(n)
 }
 
-/// Most pieces one `pwritev(2)` takes here (Linux's `IOV_MAX` is 1024).
+/// The room behind each part (by index) for what it still takes of a read into parts that
+/// has `done` bytes so far, `caps` being what each part takes in all: split off the part's
+/// buffer (no copy; [`give_back`] rejoins it) and zero-filled, since filling uninitialised
+/// memory would need `unsafe`. Parts that are full or take nothing get no room.
+fn take_rooms(parts: &mut [ReadPart], caps: &[usize], done: usize) -> Vec<(usize, BytesMut)> {
+    let mut before = 0;
+    let mut rooms = Vec::with_capacity(parts.len());
+    for (i, (part, &cap)) in parts.iter_mut().zip(caps).enumerate() {
+        let filled = done.saturating_sub(before).min(cap);
+        before += cap;
+        if filled < cap {
+            let mut room = part.buf.split_off(part.buf.len());
+            room.resize(cap - filled, 0);
+            rooms.push((i, room));
+        }
+    }
+    rooms
+}
+
+/// One `preadv2(2)` (retried on EINTR) at `offset` into the rooms in turn; each room is
+/// then cut to what it got. Returns the bytes read.
+fn preadv_rooms(
+    fd: &OwnedFd,
+    offset: u64,
+    rooms: &mut [(usize, BytesMut)],
+    flags: ReadWriteFlags,
+) -> Result<usize, Errno> {
+    let mut iov: Vec<IoSliceMut<'_>> = rooms
+        .iter_mut()
+        .map(|(_, room)| IoSliceMut::new(&mut room[..]))
+        .collect();
+    let read = retry_eintr(|| rustix::io::preadv2(fd, &mut iov, offset, flags));
+    drop(iov);
+    let mut left = *read.as_ref().unwrap_or(&0);
+    for (_, room) in rooms.iter_mut() {
+        let keep = left.min(room.len());
+        room.truncate(keep);
+        left -= keep;
+    }
+    read
+}
+
+/// Rejoins each room with its part's buffer (no copy: they were one buffer).
+fn give_back(parts: &mut [ReadPart], rooms: Vec<(usize, BytesMut)>) {
+    for (i, room) in rooms {
+        parts[i].buf.unsplit(room);
+    }
+}
+
+/// Most pieces one `pwritev(2)` or `preadv(2)` takes here (Linux's `IOV_MAX` is 1024).
 const MAX_IOVECS: usize = 256;
 
 /// Writes every byte of `data` at `offset`: `pwritev(2)` of what is left until done.
@@ -357,4 +470,86 @@ fn write_all_at(fd: &OwnedFd, offset: u64, data: &WriteData) -> Result<u64, FsEr
 
 fn closed() -> FsError {
     FsError::Other("the handle is closed".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of `size` pattern bytes in `dir`, opened as a [`LocalFile`] whose reads may
+    /// wait (`in_memory` false, whatever the filesystem): its `read_parts` is one `preadv`.
+    fn on_device(dir: &std::path::Path, size: usize) -> (LocalFile, Vec<u8>) {
+        let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        let path = dir.join("f");
+        std::fs::write(&path, &data).expect("write");
+        let fd = OwnedFd::from(std::fs::File::open(&path).expect("open"));
+        (LocalFile::new(fd, size as u64, false), data)
+    }
+
+    /// Parts of the sizes a 255 KiB READ is cut into, each holding a few bytes already.
+    fn fresh_parts() -> Vec<ReadPart> {
+        [
+            32_755u32, 32_768, 32_768, 32_768, 32_768, 32_768, 32_768, 31_757,
+        ]
+        .into_iter()
+        .map(|len| {
+            let mut buf = BytesMut::with_capacity(len as usize + 3);
+            buf.extend_from_slice(b"hdr");
+            ReadPart::new(buf, len)
+        })
+        .collect()
+    }
+
+    async fn reads_into_parts_with_one_preadv(dir: &std::path::Path) {
+        let (file, data) = on_device(dir, 600_000);
+        for offset in [0u64, 3, 600_000 - 100_000, 600_000 - 5] {
+            let mut parts = fresh_parts();
+            let n = file
+                .read_parts(offset, &mut parts)
+                .await
+                .expect("read_parts");
+            let end = (offset as usize + 261_120).min(data.len());
+            assert_eq!(n, end - offset as usize, "at {offset}");
+            let mut got = Vec::new();
+            for part in &parts {
+                assert_eq!(&part.buf[..3], b"hdr");
+                got.extend_from_slice(&part.buf[3..]);
+            }
+            assert_eq!(got, &data[offset as usize..end], "at {offset}");
+        }
+        let mut parts = fresh_parts();
+        let err = file.read_parts(600_000, &mut parts).await.unwrap_err();
+        assert!(matches!(err, FsError::Eof), "{err:?}");
+        assert!(parts.iter().all(|p| &p.buf[..] == b"hdr"));
+        // The file grew behind the handle's back: the read sees it (after an fstat).
+        let path = dir.join("f");
+        let mut grown = data.clone();
+        grown.extend_from_slice(&[9; 70_000]);
+        std::fs::write(&path, &grown).expect("grow");
+        let mut parts = fresh_parts();
+        let n = file.read_parts(600_000, &mut parts).await.expect("grown");
+        assert_eq!(n, 70_000);
+        let got: Vec<u8> = parts.iter().flat_map(|p| p.buf[3..].to_vec()).collect();
+        assert_eq!(got, vec![9; 70_000]);
+    }
+
+    /// On a disk filesystem the cached data comes with `RWF_NOWAIT` inline.
+    #[tokio::test]
+    async fn reads_parts_of_a_file_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        reads_into_parts_with_one_preadv(dir.path()).await;
+    }
+
+    /// tmpfs refuses `RWF_NOWAIT`: a file there that is not taken for one in memory is read
+    /// on its lane.
+    #[tokio::test]
+    async fn reads_parts_on_the_pool_where_nowait_is_refused() {
+        let shm = std::path::Path::new("/dev/shm");
+        if !shm.is_dir() {
+            eprintln!("skipping: no /dev/shm here");
+            return;
+        }
+        let dir = tempfile::tempdir_in(shm).expect("tempdir in /dev/shm");
+        reads_into_parts_with_one_preadv(dir.path()).await;
+    }
 }

@@ -28,6 +28,8 @@ checks!(
     append,
     truncate_via_setstat,
     read_past_eof,
+    read_len_hint,
+    read_parts,
     file_stat,
     mkdir_rmdir,
     remove,

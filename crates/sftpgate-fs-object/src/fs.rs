@@ -9,7 +9,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use sftpgate_proto::{FileAttributes, FileType, OpenFlags, StatvfsReply, Times};
-use sftpgate_vfs::{Dir, EndReason, File, Filesystem, FsError, RenameMode, VPath};
+use sftpgate_vfs::{Dir, EndReason, File, Filesystem, FsError, ReadPart, RenameMode, VPath};
 use tokio::sync::Semaphore;
 
 use crate::call::call;
@@ -579,6 +579,14 @@ impl File for ObjectFile {
             None => Err(FsError::Other(
                 "the file is not open for reading (reads see the object as it was at open)".into(),
             )),
+        }
+    }
+
+    /// Each chunk's bytes go straight into the READ's packets (no buffer of its own).
+    async fn read_parts(&self, offset: u64, parts: &mut [ReadPart]) -> Result<usize, FsError> {
+        match &self.reader {
+            Some(reader) => reader.read_parts(offset, parts).await,
+            None => sftpgate_vfs::read_parts_joined(self, offset, parts).await,
         }
     }
 

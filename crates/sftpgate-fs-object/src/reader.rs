@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::future::{BoxFuture, FutureExt, Shared as SharedFuture};
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
-use sftpgate_vfs::FsError;
+use sftpgate_vfs::{parts_len, FsError, PartsFill, ReadPart};
 
 use crate::call::{call, duplicate};
 use crate::fs::Shared;
@@ -58,6 +58,33 @@ impl Reader {
         len: u32,
         buf: &mut BytesMut,
     ) -> Result<usize, FsError> {
+        self.read_with(offset, len, &mut |data| buf.extend_from_slice(data))
+            .await
+    }
+
+    /// A read into the buffers of a READ's packets: each chunk's bytes are copied into
+    /// them as they are, not into one buffer first.
+    pub(crate) async fn read_parts(
+        &self,
+        offset: u64,
+        parts: &mut [ReadPart],
+    ) -> Result<usize, FsError> {
+        let len = parts_len(parts);
+        let mut fill = PartsFill::new(parts);
+        self.read_with(offset, len, &mut |data| {
+            fill.extend_from_slice(data);
+        })
+        .await
+    }
+
+    /// Reads up to `len` bytes at `offset`, handing them to `sink` in order, in the pieces
+    /// of the chunks they come from; returns how many.
+    async fn read_with(
+        &self,
+        offset: u64,
+        len: u32,
+        sink: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<usize, FsError> {
         if offset >= self.size || len == 0 {
             return Err(FsError::Eof);
         }
@@ -90,7 +117,7 @@ impl Reader {
                 None
             }
         };
-        let before = buf.len();
+        let mut n = 0;
         match fetches {
             Some(fetches) => {
                 for (index, fetch) in fetches {
@@ -112,7 +139,8 @@ impl Reader {
                     if from >= to {
                         break;
                     }
-                    buf.extend_from_slice(&data[from..to]);
+                    sink(&data[from..to]);
+                    n += to - from;
                 }
             }
             None => {
@@ -122,10 +150,10 @@ impl Reader {
                     self.shared.store.get_range(&self.key, offset..end),
                 )
                 .await?;
-                buf.extend_from_slice(&data);
+                sink(&data);
+                n += data.len();
             }
         }
-        let n = buf.len() - before;
         if n == 0 {
             return Err(FsError::Eof);
         }

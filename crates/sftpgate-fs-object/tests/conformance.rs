@@ -54,6 +54,7 @@ checks!(
     truncate_on_open,
     append,
     read_past_eof,
+    read_parts,
     file_stat,
     mkdir_rmdir,
     remove,

@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use sftpgate_proto::{FileAttributes, OpenFlags, StatvfsReply, UsersGroupsReply, WriteData};
 use sftpgate_server::{Cleanup, ConnectionInfo, HookError, SessionId, SftpContext, SftpFactory};
-use sftpgate_vfs::{Dir, EndReason, File, Filesystem, FsError, RenameMode, VPath};
+use sftpgate_vfs::{Dir, EndReason, File, Filesystem, FsError, ReadPart, RenameMode, VPath};
 
 use crate::auth::MetadataSource;
 use crate::config::{NatsConfig, ProvisionConfig, Subjects};
@@ -536,6 +536,11 @@ impl File for CountingFile {
     }
     fn reads_from_memory(&self) -> bool {
         self.inner.reads_from_memory()
+    }
+    async fn read_parts(&self, offset: u64, parts: &mut [ReadPart]) -> Result<usize, FsError> {
+        let n = self.inner.read_parts(offset, parts).await?;
+        self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         let len = data.len() as u64;

@@ -32,7 +32,7 @@ use std::task::Poll;
 use bytes::{Bytes, BytesMut};
 use sftpgate_proto::{FileAttributes, FileType, OpenFlags, StatusCode, Times, WriteData};
 
-use crate::{File, Filesystem, FsError, RenameMode, VPath};
+use crate::{File, Filesystem, FsError, ReadPart, RenameMode, VPath};
 
 /// What a backend supports beyond the core every backend must offer (files, directories,
 /// sequential writes, reads, RENAME, REMOVE, errors).
@@ -99,6 +99,7 @@ pub async fn run_profile(fs: &dyn Filesystem, profile: &Profile) {
     truncate_on_open(fs).await;
     read_past_eof(fs).await;
     read_len_hint(fs).await;
+    read_parts(fs).await;
     file_stat(fs).await;
     mkdir_rmdir(fs).await;
     remove(fs).await;
@@ -355,6 +356,81 @@ pub async fn read_len_hint(fs: &dyn Filesystem) {
         assert!(
             got <= hint as usize && (got == 0) == (hint == 0),
             "read_len_hint({offset}, {len}) of a 10,000-byte file is {hint}, the read got {got}"
+        );
+    }
+    file.close().await.expect("close");
+}
+
+/// `File::read_parts` fills its parts in turn with what one read would return, each part
+/// full before the next gets a byte, keeping what the parts held; short at the end of the
+/// file, EOF past it with nothing appended.
+pub async fn read_parts(fs: &dyn Filesystem) {
+    let dir = scratch(fs, "read_parts").await;
+    let path = name(&dir, "p");
+    let size = 300_000usize;
+    let data = pattern(size, 5);
+    write_file(fs, &path, &data).await;
+    let file = open_read(fs, &path).await;
+    let lens = [
+        32_755u32, 32_768, 32_768, 32_768, 32_768, 32_768, 32_768, 31_757,
+    ];
+    for offset in [0u64, 1, 4_097, 100_000, 300_000 - 40_000, 300_000 - 7] {
+        let mut parts: Vec<ReadPart> = lens
+            .iter()
+            .map(|&len| {
+                let mut buf = BytesMut::with_capacity(len as usize + 8);
+                buf.extend_from_slice(b"held");
+                ReadPart::new(buf, len)
+            })
+            .collect();
+        let n = file
+            .read_parts(offset, &mut parts)
+            .await
+            .unwrap_or_else(|e| panic!("read_parts at {offset}: {e}"));
+        let end = (offset as usize + 261_120).min(size);
+        assert!(
+            n > 0 && n <= end - offset as usize,
+            "read_parts at {offset} returned {n}"
+        );
+        let mut got = Vec::new();
+        let mut open = true;
+        for (part, &len) in parts.iter().zip(&lens) {
+            assert_eq!(
+                &part.buf[..4],
+                b"held",
+                "at {offset}: a part lost what it held"
+            );
+            let appended = &part.buf[4..];
+            assert!(
+                appended.len() <= len as usize,
+                "at {offset}: a part overfilled"
+            );
+            assert!(
+                open || appended.is_empty(),
+                "at {offset}: a part got bytes after one that was not full"
+            );
+            open = appended.len() == len as usize;
+            got.extend_from_slice(appended);
+        }
+        assert_eq!(got.len(), n, "at {offset}: the count is what was appended");
+        assert_eq!(
+            got,
+            &data[offset as usize..offset as usize + n],
+            "at {offset}"
+        );
+    }
+    for offset in [300_000u64, 1 << 40] {
+        let mut parts: Vec<ReadPart> = (0..3)
+            .map(|_| ReadPart::new(BytesMut::new(), 32_768))
+            .collect();
+        let err = file
+            .read_parts(offset, &mut parts)
+            .await
+            .must_fail("read_parts past the end must be EOF");
+        assert_status(&err, StatusCode::Eof, "read_parts past the end");
+        assert!(
+            parts.iter().all(|p| p.buf.is_empty()),
+            "an EOF read_parts appended bytes"
         );
     }
     file.close().await.expect("close");

@@ -5,6 +5,7 @@ use sftpgate_proto::{FileAttributes, OpenFlags, StatvfsReply, UsersGroupsReply, 
 
 use crate::error::FsError;
 use crate::path::VPath;
+use crate::read_parts::ReadPart;
 use crate::session::EndReason;
 
 /// How RENAME treats an existing destination.
@@ -153,13 +154,37 @@ pub trait File: Send + Sync + 'static {
     /// ramfs, the memory backend) and a read is a copy done at once. The server then reads
     /// it in large READs only a little ahead of what the client lets it send (the server's
     /// `Limits::max_pending_memory_read_bytes`): further ahead hides no latency, and leaves
-    /// the data cold in the CPU's caches by the time it is sealed and sent; and it reads a
-    /// READ larger than one SSH packet one packet at a time (one [`File::read`] per 32 KiB
-    /// or so), each into the buffer that packet is sealed in. `false`, the default, keeps the
-    /// deep read-ahead that hides a slow device's latency and one read per READ; a wrapper
-    /// forwards it only if it adds no wait of its own. Must not block.
+    /// the data cold in the CPU's caches by the time it is sealed and sent; and the default
+    /// [`File::read_parts`] reads such a file one packet at a time (one [`File::read`] per
+    /// 32 KiB or so), each into the buffer that packet is sealed in. `false`, the default,
+    /// keeps the deep read-ahead that hides a slow device's latency and one read per READ; a
+    /// wrapper forwards it only if it adds no wait of its own. Must not block.
     fn reads_from_memory(&self) -> bool {
         false
+    }
+
+    /// Reads up to the total of the parts' `len`s at `offset` into the parts in turn, as
+    /// one [`File::read`] of that total would, cut at the parts' ends: a part gets bytes only
+    /// once every part before it is full. Returns how many bytes were appended in all;
+    /// fewer than asked is fine (a short read); `Err(FsError::Eof)` at or past the end of
+    /// the file, with nothing appended. The server calls this for a READ larger than one SSH
+    /// packet, each part the buffer one packet is sealed in (the bytes already in a part stay
+    /// where they are, and each part's data is placed as [`File::read`]'s is), so that a
+    /// backend that reads into several buffers at once (`preadv(2)`) moves each byte once;
+    /// read into one buffer, the SSH layer copies it into its packets.
+    ///
+    /// The default, for a backend that reads one buffer at a time: a file whose reads never
+    /// wait ([`File::reads_from_memory`]) is read one part at a time
+    /// ([`read_parts_in_turn`](crate::read_parts_in_turn): each a copy into its part),
+    /// any other with one read into a buffer of its own that is then copied into the parts
+    /// ([`read_parts_joined`](crate::read_parts_joined): one wait per READ, and the copy the
+    /// SSH layer would have made). A wrapper forwards it to the file it wraps.
+    async fn read_parts(&self, offset: u64, parts: &mut [ReadPart]) -> Result<usize, FsError> {
+        if self.reads_from_memory() {
+            crate::read_parts_in_turn(self, offset, parts).await
+        } else {
+            crate::read_parts_joined(self, offset, parts).await
+        }
     }
 
     /// Writes all of `data` at `offset` (ignored for files opened with `APPEND`).

@@ -20,11 +20,13 @@ mod fs;
 #[cfg(feature = "memory")]
 pub mod memory;
 mod path;
+mod read_parts;
 mod session;
 mod with_exit;
 
 pub use error::FsError;
 pub use fs::{Dir, DirEntry, File, Filesystem, RenameMode};
 pub use path::{PathError, VPath};
+pub use read_parts::{parts_len, read_parts_in_turn, read_parts_joined, PartsFill, ReadPart};
 pub use session::EndReason;
 pub use with_exit::WithExit;

@@ -23,7 +23,7 @@ use sftpgate_server::{
     Authenticator, Cleanup, HookError, Limits, NoHooks, Server, ServerConfig, SftpContext,
     SftpFactory,
 };
-use sftpgate_vfs::{Dir, EndReason, File, Filesystem, FsError, RenameMode, VPath};
+use sftpgate_vfs::{Dir, EndReason, File, Filesystem, FsError, ReadPart, RenameMode, VPath};
 
 /// The allocator `sftpgate serve` runs with (crates/sftpgate/src/main.rs), so that this
 /// stand-in for it allocates as it does.
@@ -401,6 +401,17 @@ impl File for SlowFile {
             tokio::time::sleep(self.delay).await;
         }
         self.inner.write_data(offset, data).await
+    }
+    /// One sleep per READ, then its packets' buffers to LocalFs, which reads into them as
+    /// `sftpgate serve` does. (`plain` reads one buffer, copied into them.)
+    async fn read_parts(&self, offset: u64, parts: &mut [ReadPart]) -> Result<usize, FsError> {
+        if self.plain.is_some() {
+            return sftpgate_vfs::read_parts_joined(self, offset, parts).await;
+        }
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.inner.read_parts(offset, parts).await
     }
     /// The read hints only without a delay (then this is LocalFs as `sftpgate serve` runs
     /// it): with one, every read waits, which is what a hint must not promise.

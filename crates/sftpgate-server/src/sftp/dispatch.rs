@@ -13,7 +13,7 @@ use sftpgate_proto::{
     LimitsReply, LongnameInfo, NameEntry, OpenFlags, Request, Response, StatusCode,
     DATA_HEADER_LEN,
 };
-use sftpgate_vfs::{Filesystem, FsError, RenameMode, VPath};
+use sftpgate_vfs::{Filesystem, FsError, ReadPart, RenameMode, VPath};
 
 use super::handles::{DirHandle, FileHandle, Handle, HandleTable};
 use super::request_metrics::SessionMetrics;
@@ -100,8 +100,8 @@ pub(crate) struct Dispatcher {
     pub(crate) stats: Stats,
     pub(crate) metrics: SessionMetrics,
     /// The client's largest SSH packet, where replies go out in packets (an SSH channel;
-    /// `None` on a byte stream): large READs of files in memory are then read into one
-    /// buffer per packet ([`Dispatcher::read`]).
+    /// `None` on a byte stream): large READs are then read into one buffer per packet
+    /// ([`Dispatcher::read`]).
     pub(crate) packet: Option<usize>,
 }
 
@@ -235,18 +235,15 @@ impl Dispatcher {
             } => {
                 let file = self.handles.file(&handle)?;
                 let len = len.min(self.limits.max_read);
-                // A large READ of a file in memory is read into its packets, unless the
-                // writer sends its reply in place anyway: one packet and a tail small enough
-                // to ride in front of the next reply (a 32 KiB READ's).
-                let into_packets = self
-                    .packet
-                    .filter(|_| file.file.reads_from_memory())
-                    .and_then(|packet| {
-                        let expected = file.file.read_len_hint(offset, len).unwrap_or(len);
-                        let spans = expected as usize + DATA_HEADER_LEN
-                            > packet + REPLY_HEADROOM - PACKET_HEAD_ROOM;
-                        spans.then_some((expected, packet))
-                    });
+                // A large READ is read into its packets, unless the writer sends its reply
+                // in place anyway: one packet and a tail small enough to ride in front of
+                // the next reply (a 32 KiB READ's).
+                let into_packets = self.packet.and_then(|packet| {
+                    let expected = file.file.read_len_hint(offset, len).unwrap_or(len);
+                    let spans = expected as usize + DATA_HEADER_LEN
+                        > packet + REPLY_HEADROOM - PACKET_HEAD_ROOM;
+                    spans.then_some((expected, packet))
+                });
                 let (len, packet) =
                     into_packets.map_or((len, None), |(expected, packet)| (expected, Some(packet)));
                 return self.read(&file, id, offset, len, packet, out, more).await;
@@ -415,18 +412,18 @@ impl Dispatcher {
     /// A READ of `len` bytes (the file decides: fewer is a short read) into a DATA reply:
     /// into `out`, behind the reply's header, placed as [`data_reply_buffer`] says.
     ///
-    /// With `packet`, the SSH packet size, the READ spans several packets of a file in
-    /// memory and is read piece by piece: the first piece into `out` (one whole packet with
-    /// the header), each further one into a buffer of its own with room for its packet
-    /// around it (`more`), so that SSH seals every packet where the kernel put its data.
-    /// Read into one buffer, the reply would be copied by SSH into its packets: with
-    /// OpenSSH's client (255 KiB READs, eight packets each) that copy was 8-13 % of a
-    /// download's server CPU, and this takes 5-7 % off it (docs/performance.md, "Twentieth
-    /// run"). One read per packet costs a system call each, which only a read that never
-    /// waits makes worth it (a file in memory: a copy; elsewhere each piece could wait for
-    /// the device, one after the other). The first piece's error is the READ's; a later
-    /// piece that fails or comes back short ends the reply there, a short read the client
-    /// continues from (as one read coming back short would).
+    /// With `packet`, the SSH packet size, the READ spans several packets and is read into
+    /// them ([`File::read_parts`]): the first part is `out` (one whole packet with the
+    /// header), each further one a buffer of its own with room for its packet around it
+    /// (`more`), so that SSH seals every packet where the file's data was put. Read into
+    /// one buffer, the reply would be copied by SSH into its packets: with OpenSSH's client
+    /// (255 KiB READs, eight packets each) that copy was 8-13 % of a download's server CPU,
+    /// and reading files in memory into their packets took 5-7 % off it
+    /// (docs/performance.md, "Twentieth run"); the backend decides how (LocalFs: one
+    /// `pread` per packet of a file in memory, one `preadv` into all of them otherwise).
+    /// A short read ends the reply where it stopped, as one read coming back short would.
+    ///
+    /// [`File::read_parts`]: sftpgate_vfs::File::read_parts
     #[allow(clippy::too_many_arguments)]
     async fn read(
         &self,
@@ -438,33 +435,43 @@ impl Dispatcher {
         out: &mut BytesMut,
         more: &mut Vec<Frame>,
     ) -> Result<usize, FsError> {
-        let first = packet.map_or(len, |packet| (packet - DATA_HEADER_LEN) as u32);
+        let first = packet.map_or(len, |packet| len.min((packet - DATA_HEADER_LEN) as u32));
         let (buffer, start) = data_reply_buffer(offset, first as usize);
         *out = buffer;
         encode_data_header(out, id, 0);
         let data_at = out.len();
-        let mut n = file.file.read(offset, first, out).await?;
+        let n = match packet {
+            Some(packet) if first < len => {
+                let mut parts = vec![ReadPart::new(std::mem::take(out), first)];
+                let mut starts = vec![data_at];
+                let mut at = u64::from(first);
+                while at < u64::from(len) {
+                    let want = (u64::from(len) - at).min(packet as u64) as u32;
+                    let (buf, piece_start) = data_packet_buffer(offset + at, want as usize);
+                    parts.push(ReadPart::new(buf, want));
+                    starts.push(piece_start);
+                    at += u64::from(want);
+                }
+                let read = file.file.read_parts(offset, &mut parts).await;
+                let mut parts = parts.into_iter().zip(starts);
+                if let Some((part, _)) = parts.next() {
+                    *out = part.buf;
+                }
+                let n = read?;
+                more.extend(
+                    parts
+                        .map(|(part, start)| Frame {
+                            buf: part.buf,
+                            start,
+                        })
+                        .filter(|frame| frame.len() > 0),
+                );
+                n
+            }
+            _ => file.file.read(offset, first, out).await?,
+        };
         if n == 0 && len > 0 {
             return Err(FsError::Eof);
-        }
-        let mut short = n < first as usize;
-        while let Some(packet) = packet.filter(|_| !short && n < len as usize) {
-            let at = offset + n as u64;
-            let want = (len as usize - n).min(packet) as u32;
-            let (mut buf, piece_start) = data_packet_buffer(at, want as usize);
-            let got = match file.file.read(at, want, &mut buf).await {
-                Ok(got) => got,
-                Err(_) => break,
-            };
-            short = got < want as usize;
-            if got == 0 {
-                break;
-            }
-            n += got;
-            more.push(Frame {
-                buf,
-                start: piece_start,
-            });
         }
         // The backend appended exactly n bytes: patch the lengths in the header.
         debug_assert_eq!(
@@ -765,6 +772,7 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use sftpgate_vfs::memory::MemoryFs;
+    use sftpgate_vfs::File;
 
     use super::*;
     use crate::events::NoEvents;
@@ -772,9 +780,48 @@ mod tests {
 
     const PACKET: usize = 32_768;
 
-    /// A dispatcher over a memory filesystem (whose files read from memory) holding `/f`
-    /// with `data`, sending replies in packets of `packet` bytes; and `/f` opened.
-    async fn dispatcher_with(data: &[u8], packet: Option<usize>) -> (Dispatcher, Bytes) {
+    /// A file of a memory filesystem that says its reads may wait for a device (the
+    /// default `File::reads_from_memory`), as a disk or object store's: its large READs are
+    /// read with one `File::read` each (counted), copied into their packets.
+    struct OnDevice {
+        inner: Box<dyn File>,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[async_trait::async_trait]
+    impl File for OnDevice {
+        async fn read(&self, offset: u64, len: u32, buf: &mut BytesMut) -> Result<usize, FsError> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            self.inner.read(offset, len, buf).await
+        }
+        fn read_len_hint(&self, offset: u64, len: u32) -> Option<u32> {
+            self.inner.read_len_hint(offset, len)
+        }
+        async fn write(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
+            self.inner.write(offset, data).await
+        }
+        async fn stat(&self) -> Result<FileAttributes, FsError> {
+            self.inner.stat().await
+        }
+        async fn setstat(&self, attrs: &FileAttributes) -> Result<(), FsError> {
+            self.inner.setstat(attrs).await
+        }
+        async fn sync(&self) -> Result<(), FsError> {
+            self.inner.sync().await
+        }
+        async fn close(&self) -> Result<(), FsError> {
+            self.inner.close().await
+        }
+    }
+
+    /// A dispatcher over a memory filesystem holding `/f` with `data`, sending replies in
+    /// packets of `packet` bytes; and `/f` opened, as a file in memory or, with `reads`,
+    /// as one whose reads may wait ([`OnDevice`], counting its reads there).
+    async fn dispatcher_with(
+        data: &[u8],
+        packet: Option<usize>,
+        reads: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    ) -> (Dispatcher, Bytes) {
         let fs = MemoryFs::default();
         let path = VPath::parse(b"/f").unwrap();
         let file = fs
@@ -787,6 +834,13 @@ mod tests {
             .unwrap();
         file.write(0, Bytes::copy_from_slice(data)).await.unwrap();
         file.close().await.unwrap();
+        let mut file = fs
+            .open(&path, OpenFlags::READ, &FileAttributes::new())
+            .await
+            .unwrap();
+        if let Some(reads) = reads {
+            file = Box::new(OnDevice { inner: file, reads });
+        }
         let dispatcher = Dispatcher {
             fs: Arc::new(fs),
             handles: Arc::new(HandleTable::new(16)),
@@ -808,17 +862,17 @@ mod tests {
             metrics: SessionMetrics::register(),
             packet,
         };
-        let open = Request::Open {
-            id: 1,
-            filename: Bytes::from_static(b"/f"),
-            pflags: OpenFlags::READ,
-            attrs: FileAttributes::new(),
-        };
-        let mut out = BytesMut::new();
-        let done = dispatcher.dispatch(open, &mut out).await;
-        let Ok(Response::Handle { handle, .. }) = Response::decode(out.freeze().slice(4..)) else {
-            panic!("OPEN failed: {:?}", done.status);
-        };
+        let handle = dispatcher
+            .handles
+            .insert(Handle::File(Arc::new(FileHandle {
+                file,
+                path,
+                flags: OpenFlags::READ,
+                written: AtomicU64::new(0),
+                read: AtomicU64::new(0),
+            })))
+            .map_err(|(_, e)| e)
+            .expect("a handle");
         (dispatcher, handle)
     }
 
@@ -856,15 +910,25 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn large_reads_of_files_in_memory_come_cut_into_whole_packets() {
+    /// Large READs come cut into whole packets, each placed for SSH to seal it where it
+    /// lies, whether the file reads from memory (one read per packet) or may wait for a
+    /// device (one read per READ: `reads` counts them); short at the end of the file, EOF
+    /// past it; small READs and READs without packets in one buffer.
+    async fn large_reads_come_cut_into_whole_packets(
+        reads: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    ) {
+        let count = || reads.as_ref().map(|r| r.load(Ordering::Relaxed));
         let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
-        let (d, handle) = dispatcher_with(&data, Some(PACKET)).await;
+        let (d, handle) = dispatcher_with(&data, Some(PACKET), reads.clone()).await;
         // OpenSSH's 255 KiB READ: the header and 32,755 bytes, six whole packets, the rest.
+        let before = count();
         let parts = read(&d, &handle, 0, 261_120).await;
         let lens: Vec<usize> = parts.iter().map(Bytes::len).collect();
         assert_eq!(lens, [vec![PACKET; 7], vec![31_757]].concat());
         assert_eq!(data_of(&parts), &data[..261_120]);
+        if let (Some(before), Some(after)) = (before, count()) {
+            assert_eq!(after - before, 1, "a READ that may wait is one read");
+        }
         // At an odd offset, and short at the end of the file.
         for offset in [1u64, 4097, 600_000 - 40_000, 600_000 - 32_755, 600_000 - 7] {
             let parts = read(&d, &handle, offset, 261_120).await;
@@ -898,10 +962,20 @@ mod tests {
         let parts = read(&d, &handle, 10, 40_000).await;
         assert_eq!(parts.len(), 2);
         assert_eq!(data_of(&parts), &data[10..40_010]);
-        let (d, handle) = dispatcher_with(&data, None).await;
+        let (d, handle) = dispatcher_with(&data, None, reads.clone()).await;
         let parts = read(&d, &handle, 0, 261_120).await;
         assert_eq!(parts.len(), 1);
         assert_eq!(data_of(&parts), &data[..261_120]);
+    }
+
+    #[tokio::test]
+    async fn large_reads_of_files_in_memory_come_cut_into_whole_packets() {
+        large_reads_come_cut_into_whole_packets(None).await;
+    }
+
+    #[tokio::test]
+    async fn large_reads_of_files_on_a_device_come_cut_into_whole_packets() {
+        large_reads_come_cut_into_whole_packets(Some(Default::default())).await;
     }
 
     #[test]
