@@ -130,13 +130,17 @@ impl File for LocalFile {
         read_pooled(&self.lane, fd, offset, len, buf).await
     }
 
-    /// A file in memory: one `pread` per part, each straight into its part's room (`read`,
-    /// without zero-filling). Any other: one `preadv(2)` into the room of every part, from
-    /// the page cache inline (`RWF_NOWAIT`) where it can, else on the file's lane, as `read`
-    /// does with one buffer; the SSH layer then sends the parts as they are, where one
-    /// buffer would be copied into its packets (a copy of every byte downloaded).
+    /// A file in memory (or any file on a current-thread runtime, where `read` runs inline
+    /// too): one `pread` per part, each straight into its part's room (`read`, without
+    /// zero-filling). Any other: one `preadv(2)` into the room of every part, from the page
+    /// cache inline (`RWF_NOWAIT`) where it can, else on the file's lane, as `read` does
+    /// with one buffer; the SSH layer then sends the parts as they are, where one buffer
+    /// would be copied into its packets (a copy of every byte downloaded).
     async fn read_parts(&self, offset: u64, parts: &mut [ReadPart]) -> Result<usize, FsError> {
-        if self.in_memory || parts.len() < 2 {
+        let inline = self
+            .lane
+            .runs_inline(parts_len(parts) as usize, INLINE_READ_MAX);
+        if self.in_memory || inline || parts.len() < 2 {
             return read_parts_in_turn(self, offset, parts).await;
         }
         if parts.len() > MAX_IOVECS {
@@ -533,8 +537,10 @@ mod tests {
         assert_eq!(got, vec![9; 70_000]);
     }
 
+    // Multi-threaded runtimes: on a current-thread one every read runs inline (`pread`s).
+
     /// On a disk filesystem the cached data comes with `RWF_NOWAIT` inline.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_parts_of_a_file_on_disk() {
         let dir = tempfile::tempdir().expect("tempdir");
         reads_into_parts_with_one_preadv(dir.path()).await;
@@ -542,7 +548,7 @@ mod tests {
 
     /// tmpfs refuses `RWF_NOWAIT`: a file there that is not taken for one in memory is read
     /// on its lane.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_parts_on_the_pool_where_nowait_is_refused() {
         let shm = std::path::Path::new("/dev/shm");
         if !shm.is_dir() {
