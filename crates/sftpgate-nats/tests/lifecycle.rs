@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use common::*;
 use futures_util::StreamExt as _;
 use serde_json::json;
@@ -15,7 +15,7 @@ use sftpgate_nats::wire::{AuthRequest, ReleaseReply, ReleaseRequest};
 use sftpgate_nats::*;
 use sftpgate_proto::{FileAttributes, OpenFlags};
 use sftpgate_server::{Cleanup, Hooks, SftpFactory};
-use sftpgate_vfs::{EndReason, Filesystem, VPath};
+use sftpgate_vfs::{EndReason, Filesystem, ReadPart, VPath};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -188,6 +188,24 @@ async fn ready_at_once_serves_then_releases_exactly_once() {
     write_file(fs.as_ref(), "/hello.txt", b"hello").await;
     let on_disk = std::fs::read(fx.volumes().join(&id).join("hello.txt")).unwrap();
     assert_eq!(on_disk, b"hello");
+    // Bytes read count in the release's statistics, read whole or into a reply's packets.
+    let path = VPath::parse(b"/hello.txt").unwrap();
+    let file = fs
+        .open(&path, OpenFlags::READ, &FileAttributes::default())
+        .await
+        .unwrap();
+    let mut buf = BytesMut::new();
+    assert_eq!(file.read(0, 2, &mut buf).await.unwrap(), 2);
+    let mut parts = vec![
+        ReadPart::new(BytesMut::new(), 2),
+        ReadPart::new(BytesMut::new(), 10),
+    ];
+    assert_eq!(file.read_parts(1, &mut parts).await.unwrap(), 4);
+    assert_eq!(
+        (&parts[0].buf[..], &parts[1].buf[..]),
+        (&b"el"[..], &b"lo"[..])
+    );
+    file.close().await.unwrap();
     // While the session lives, its allocation is held (not pending).
     assert!(outbox.pending().await.unwrap().is_empty());
     assert!(outbox.dir().join(format!("{id}.json")).exists());
@@ -199,7 +217,7 @@ async fn ready_at_once_serves_then_releases_exactly_once() {
     assert_eq!((record.releases, record.release_requests), (1, 1));
     assert_eq!(record.reason.as_deref(), Some("client_eof"));
     let stats = record.stats.unwrap();
-    assert_eq!(stats.bytes_in, 5);
+    assert_eq!((stats.bytes_in, stats.bytes_out), (5, 6));
     assert!(!fx.volumes().join(&id).exists(), "the volume is removed");
     assert!(!outbox.dir().join(format!("{id}.json")).exists());
 }
