@@ -21,7 +21,7 @@ use sftpgate_fs_object::object_store::{
 };
 use sftpgate_fs_object::{ObjectConfig, ObjectFs, S3Settings};
 use sftpgate_proto::{FileAttributes, OpenFlags, StatusCode};
-use sftpgate_vfs::{EndReason, File, Filesystem, FsError, RenameMode, VPath};
+use sftpgate_vfs::{EndReason, File, Filesystem, FsError, ReadPart, RenameMode, VPath};
 
 const MIB: usize = 1024 * 1024;
 
@@ -581,6 +581,36 @@ async fn pipelined_sequential_reads_cost_few_gets() {
     file.read(1000, 10, &mut buf).await.expect("random read");
     assert_eq!(&buf[..], &data[1000..1010]);
     assert_eq!(store.gets.load(Ordering::Relaxed), 1);
+
+    // Into a reply's packets (`read_parts`), the same: a random read is one GET, copied
+    // into the parts in turn; one across two chunks still held takes both pieces, no GET.
+    let parts_of = |lens: &[u32]| -> Vec<ReadPart> {
+        lens.iter()
+            .map(|&len| ReadPart::new(BytesMut::new(), len))
+            .collect()
+    };
+    let joined = |parts: &[ReadPart]| -> Vec<u8> {
+        parts.iter().flat_map(|p| p.buf.iter().copied()).collect()
+    };
+    store.gets.store(0, Ordering::Relaxed);
+    let mut parts = parts_of(&[7, 13]);
+    assert_eq!(file.read_parts(2000, &mut parts).await.expect("random"), 20);
+    assert_eq!(joined(&parts), &data[2000..2020]);
+    assert_eq!((parts[0].buf.len(), parts[1].buf.len()), (7, 13));
+    assert_eq!(store.gets.load(Ordering::Relaxed), 1);
+    store.gets.store(0, Ordering::Relaxed);
+    let at = 3 * 4 * MIB - 100;
+    let mut parts = parts_of(&[60, 100]);
+    assert_eq!(
+        file.read_parts(at as u64, &mut parts).await.expect("seq"),
+        160
+    );
+    assert_eq!(joined(&parts), &data[at..at + 160]);
+    assert_eq!(
+        store.gets.load(Ordering::Relaxed),
+        0,
+        "the chunks were held"
+    );
     file.close().await.expect("close");
 }
 
