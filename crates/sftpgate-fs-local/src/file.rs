@@ -137,9 +137,8 @@ impl File for LocalFile {
     /// with one buffer; the SSH layer then sends the parts as they are, where one buffer
     /// would be copied into its packets (a copy of every byte downloaded).
     async fn read_parts(&self, offset: u64, parts: &mut [ReadPart]) -> Result<usize, FsError> {
-        let inline = self
-            .lane
-            .runs_inline(parts_len(parts) as usize, INLINE_READ_MAX);
+        let total = parts_len(parts) as usize;
+        let inline = self.lane.runs_inline(total, INLINE_READ_MAX);
         if self.in_memory || inline || parts.len() < 2 {
             return read_parts_in_turn(self, offset, parts).await;
         }
@@ -147,20 +146,10 @@ impl File for LocalFile {
             return read_parts_joined(self, offset, parts).await;
         }
         let fd = self.fd()?;
-        let len = self.read_len(&fd, offset, parts_len(parts) as usize).await;
-        // What each part takes of those `len` bytes.
-        let mut left = len;
-        let caps: Vec<usize> = parts
-            .iter()
-            .map(|part| {
-                let cap = left.min(part.len as usize);
-                left -= cap;
-                cap
-            })
-            .collect();
+        let len = self.read_len(&fd, offset, total).await;
         let mut n = 0;
         if self.nowait_reads.load(Ordering::Relaxed) {
-            let mut rooms = take_rooms(parts, &caps, 0);
+            let mut rooms = take_rooms(parts, len, 0);
             let read = preadv_rooms(&fd, offset, &mut rooms, ReadWriteFlags::NOWAIT);
             give_back(parts, rooms);
             match read {
@@ -173,7 +162,7 @@ impl File for LocalFile {
                 Err(e) => return Err(from_errno(e)),
             }
         }
-        let mut rooms = take_rooms(parts, &caps, n);
+        let mut rooms = take_rooms(parts, len, n);
         let at = offset + n as u64;
         let pooled = self
             .lane
@@ -387,14 +376,15 @@ async fn read_pooled(
     Ok(n)
 }
 
-/// The room behind each part (by index) for what it still takes of a read into parts that
-/// has `done` bytes so far, `caps` being what each part takes in all: split off the part's
-/// buffer (no copy; [`give_back`] rejoins it) and zero-filled, since filling uninitialised
-/// memory would need `unsafe`. Parts that are full or take nothing get no room.
-fn take_rooms(parts: &mut [ReadPart], caps: &[usize], done: usize) -> Vec<(usize, BytesMut)> {
+/// The room behind each part (by index) for what it still takes of a read of `len` bytes
+/// into the parts (each full before the next) that has `done` of them so far: split off the
+/// part's buffer (no copy; [`give_back`] rejoins it) and zero-filled, since filling
+/// uninitialised memory would need `unsafe`. Parts that are full or take nothing get no room.
+fn take_rooms(parts: &mut [ReadPart], len: usize, done: usize) -> Vec<(usize, BytesMut)> {
     let mut before = 0;
     let mut rooms = Vec::with_capacity(parts.len());
-    for (i, (part, &cap)) in parts.iter_mut().zip(caps).enumerate() {
+    for (i, part) in parts.iter_mut().enumerate() {
+        let cap = (len - before).min(part.len as usize);
         let filled = done.saturating_sub(before).min(cap);
         before += cap;
         if filled < cap {

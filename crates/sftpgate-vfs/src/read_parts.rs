@@ -72,8 +72,9 @@ pub async fn read_parts_joined<F: File + ?Sized>(
     if let [one] = parts {
         return file.read(offset, one.len, &mut one.buf).await;
     }
-    let mut joined = BytesMut::with_capacity(parts_len(parts) as usize);
-    file.read(offset, parts_len(parts), &mut joined).await?;
+    let total = parts_len(parts);
+    let mut joined = BytesMut::with_capacity(total as usize);
+    file.read(offset, total, &mut joined).await?;
     let mut fill = PartsFill::new(parts);
     fill.extend_from_slice(&joined);
     Ok(fill.appended())
