@@ -44,7 +44,7 @@ mod server;
 mod sftp;
 mod stream;
 
-pub use config::{Limits, RequestPolicy, ServerConfig, Timeouts};
+pub use config::{Limits, RequestPolicy, ServerConfig, Timeouts, SEND_AHEAD};
 pub use error::Error;
 pub use events::{Event, EventSink, FileOp, NoEvents};
 pub use hooks::{

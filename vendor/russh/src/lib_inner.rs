@@ -65,6 +65,8 @@ pub use channels::{
 };
 
 mod parsing;
+mod send_ahead;
+pub use send_ahead::{SendAhead, SendAheadState};
 mod session;
 
 /// Server side of this library.
@@ -514,9 +516,18 @@ pub(crate) struct ChannelParams {
     pending_data: std::collections::VecDeque<(bytes::Bytes, Option<u32>, usize)>,
     pending_eof: bool,
     pending_close: bool,
+    /// sftpgate: how much of the recipient's window to use (see `SendAhead`).
+    send_ahead: send_ahead::SendAheadState,
 }
 
 impl ChannelParams {
+    /// The part of the recipient's window that may be used now (sftpgate: all of it,
+    /// unless a `SendAhead` limit applies).
+    pub(crate) fn usable_window(&self) -> u32 {
+        self.send_ahead
+            .usable(self.recipient_window_size, self.recipient_maximum_packet_size)
+    }
+
     pub fn confirm(&mut self, c: &ChannelOpenConfirmation) {
         self.recipient_channel = c.sender_channel; // "sender" is the sender of the confirmation
         self.recipient_window_size = c.initial_window_size;

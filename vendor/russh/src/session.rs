@@ -481,7 +481,7 @@ impl Encrypted {
         if from >= buf0.len() {
             return Ok(0);
         }
-        let window_end = from.saturating_add(channel.recipient_window_size as usize);
+        let window_end = from.saturating_add(channel.usable_window() as usize);
         let end = std::cmp::min(buf0.len(), window_end);
         #[allow(clippy::indexing_slicing)] // length checked
         let mut buf = &buf0[from..end];
@@ -541,7 +541,7 @@ impl Encrypted {
             return Ok(0);
         }
         let buf0 = buf0.as_ref();
-        let window_end = from.saturating_add(channel.recipient_window_size as usize);
+        let window_end = from.saturating_add(channel.usable_window() as usize);
         let end = std::cmp::min(buf0.len(), window_end);
         #[allow(clippy::indexing_slicing)] // length checked
         let mut buf = &buf0[from..end];
@@ -657,7 +657,7 @@ impl Encrypted {
                 c.confirmed
                     && c.pending_data.is_empty()
                     && len > 0
-                    && len <= c.recipient_window_size as usize
+                    && len <= c.usable_window() as usize
                     && len <= c.recipient_maximum_packet_size as usize
             });
         if !in_place {
@@ -818,6 +818,7 @@ impl Encrypted {
                     pending_data: std::collections::VecDeque::new(),
                     pending_eof: false,
                     pending_close: false,
+                    send_ahead: Default::default(),
                 });
                 return ChannelId(self.last_channel_id.0);
             }
@@ -873,6 +874,11 @@ pub(crate) enum GlobalRequestResponse {
     Keepalive,
     /// request was for Keepalive but with notification of the result
     Ping(oneshot::Sender<()>),
+    /// sftpgate: a keepalive timing the round trip for a channel's `SendAhead` limit
+    RoundTrip {
+        channel: ChannelId,
+        sent: std::time::Instant,
+    },
     /// request was for NoMoreSessions, disallow additional sessions
     NoMoreSessions,
     /// request was for TcpIpForward, sends Some(port) for success or None for failure
@@ -947,6 +953,7 @@ mod tests {
             pending_data: VecDeque::from([(Bytes::from_static(b"hello"), None, 0)]),
             pending_eof,
             pending_close,
+            send_ahead: Default::default(),
         }
     }
 
@@ -1001,6 +1008,7 @@ mod tests {
             pending_data: VecDeque::from([(Bytes::from_static(b"hello"), None, 0)]),
             pending_eof,
             pending_close,
+            send_ahead: Default::default(),
         }
     }
 

@@ -368,6 +368,8 @@ pub struct Options {
     pub fs: FsBehavior,
     /// Where connections run (`Server::with_connection_runtimes`); empty: the test's own.
     pub connection_runtimes: Vec<tokio::runtime::Handle>,
+    /// `ServerConfig::send_ahead`.
+    pub send_ahead: Option<russh::SendAhead>,
 }
 
 impl Default for Options {
@@ -382,6 +384,7 @@ impl Default for Options {
             },
             fs: FsBehavior::default(),
             connection_runtimes: Vec::new(),
+            send_ahead: ServerConfig::default().send_ahead,
         }
     }
 }
@@ -433,6 +436,7 @@ impl TestServer {
             host_keys: vec![host_key],
             timeouts: opts.timeouts.clone(),
             limits: opts.limits.clone(),
+            send_ahead: opts.send_ahead,
             ..ServerConfig::default()
         };
         let auth = TestAuth {

@@ -861,6 +861,7 @@ impl Session {
                     pending_data: std::collections::VecDeque::new(),
                     pending_eof: false,
                     pending_close: false,
+                    send_ahead: Default::default(),
                 };
 
                 let (channel, channel_ref) = Channel::new(
@@ -982,6 +983,8 @@ impl Session {
                         map_err!(ensure_end(&r))?;
                         let _ = return_channel.send(());
                     }
+                    // sftpgate: only a server times round trips.
+                    Some(GlobalRequestResponse::RoundTrip { .. }) => {}
                     Some(GlobalRequestResponse::NoMoreSessions) => {
                         map_err!(ensure_end(&r))?;
                         debug!("no-more-sessions@openssh.com requests success");
@@ -1054,6 +1057,7 @@ impl Session {
                     Some(GlobalRequestResponse::Ping(return_channel)) => {
                         let _ = return_channel.send(());
                     }
+                    Some(GlobalRequestResponse::RoundTrip { .. }) => {}
                     Some(GlobalRequestResponse::NoMoreSessions) => {
                         warn!("no-more-sessions@openssh.com requests failure");
                     }

@@ -1539,6 +1539,9 @@ impl Session {
                         .channels
                         .get_mut(&channel_num)
                         .ok_or(Error::Inconsistent)?;
+                    channel
+                        .send_ahead
+                        .note_grant(channel.recipient_window_size, amount);
                     new_size = channel.recipient_window_size.saturating_add(amount);
                     channel.recipient_window_size = new_size;
                 }
@@ -1968,6 +1971,9 @@ impl Session {
                         map_err!(ensure_end(r))?;
                         let _ = return_channel.send(());
                     }
+                    Some(GlobalRequestResponse::RoundTrip { channel, sent }) => {
+                        self.round_trip_measured(channel, sent);
+                    }
                     Some(GlobalRequestResponse::TcpIpForward(return_channel)) => {
                         let result = if r.is_finished() {
                             // If a specific port was requested, the reply has no data
@@ -2012,6 +2018,9 @@ impl Session {
                     Some(GlobalRequestResponse::Ping(return_channel)) => {
                         let _ = return_channel.send(());
                     }
+                    Some(GlobalRequestResponse::RoundTrip { channel, sent }) => {
+                        self.round_trip_measured(channel, sent);
+                    }
                     Some(GlobalRequestResponse::TcpIpForward(return_channel)) => {
                         let _ = return_channel.send(None);
                     }
@@ -2028,6 +2037,24 @@ impl Session {
                 debug!("unknown message received: {m:?}");
                 Ok(())
             }
+        }
+    }
+
+    /// sftpgate: the reply to a channel's round-trip keepalive came: set its SendAhead
+    /// limit (a channel closed meanwhile needs none).
+    fn round_trip_measured(&mut self, channel: ChannelId, sent: std::time::Instant) {
+        let Some(ahead) = self.common.config.send_ahead else {
+            return;
+        };
+        let round_trip = sent.elapsed();
+        if let Some(params) = self
+            .common
+            .encrypted
+            .as_mut()
+            .and_then(|enc| enc.channels.get_mut(&channel))
+        {
+            params.send_ahead.set_limit(ahead.limit(round_trip));
+            debug!("channel {channel:?}: round trip {round_trip:?}, send-ahead limit set");
         }
     }
 
@@ -2058,6 +2085,7 @@ impl Session {
             pending_data: std::collections::VecDeque::new(),
             pending_eof: false,
             pending_close: false,
+            send_ahead: crate::send_ahead::SendAheadState::new(msg.recipient_window_size),
         };
 
         let (channel, channel_ref) = Channel::new(

@@ -99,6 +99,10 @@ pub struct Config {
     pub keepalive_max: usize,
     /// If active, invoke `set_nodelay(true)` on client sockets; disabled by default (i.e. Nagle's algorithm is active).
     pub nodelay: bool,
+    /// sftpgate: keep no more of a channel's data unacknowledged than this says, for
+    /// clients that grant window as they consume (see [`crate::SendAhead`]); `None`
+    /// (the default) uses all of every window.
+    pub send_ahead: Option<crate::SendAhead>,
 }
 
 impl Default for Config {
@@ -126,6 +130,7 @@ impl Default for Config {
             keepalive_interval: None,
             keepalive_max: 3,
             nodelay: false,
+            send_ahead: None,
         }
     }
 }
@@ -153,6 +158,7 @@ impl Debug for Config {
             .field("inactivity_timeout", &self.inactivity_timeout)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("keepalive_max", &self.keepalive_max)
+            .field("send_ahead", &self.send_ahead)
             .finish()
     }
 }

@@ -1147,6 +1147,20 @@ impl Session {
                         .insert(pending.sender_channel, pending.channel_params);
                     self.channels
                         .insert(pending.sender_channel, pending.channel_ref);
+                    if self.common.config.send_ahead.is_some() {
+                        // sftpgate: time the round trip for the channel's SendAhead limit
+                        // (every client answers a global request that wants a reply).
+                        push_packet!(enc.write, {
+                            msg::GLOBAL_REQUEST.encode(&mut enc.write)?;
+                            "keepalive@openssh.com".encode(&mut enc.write)?;
+                            1u8.encode(&mut enc.write)?;
+                        });
+                        self.open_global_requests
+                            .push_back(GlobalRequestResponse::RoundTrip {
+                                channel: pending.sender_channel,
+                                sent: std::time::Instant::now(),
+                            });
+                    }
                 }
                 Err(reason) => {
                     push_packet!(enc.write, {
