@@ -12,18 +12,20 @@
 //! With [`SendAhead`] configured, a server channel measures the round trip once when it
 //! opens (a `keepalive@openssh.com` request, which every client answers) and then keeps
 //! unacknowledged at most what `bytes_per_second` needs over it, and never less than
-//! `min`. Where that is the whole window (every link slower than a fraction of a
+//! `min`. Where that is the whole window (every link whose round trip is over half a
 //! millisecond, with the defaults sftpgate uses) nothing changes.
 //!
 //! Holding back must never leave a peer waiting for data it needs before it grants more
 //! window, so the limit applies only to a peer that has shown it grants window early: a
-//! WINDOW_ADJUST giving back part of what was sent that arrived while no more than a
-//! quarter of its window was unacknowledged (an adjustment that enlarges the window is
-//! no such sign; the window counted from is then the larger one). Whatever the peer's rule, the adjustments it sends come when at least
-//! that little is unacknowledged (this end only ever sends more in between), so the limit
-//! is kept at twice the least seen, and at four packets at least (OpenSSH's client grants
-//! once three packets are unacknowledged). A peer that grants only when half its window is
-//! used (PuTTY, AsyncSSH, russh) never shows an early grant and gets the whole window.
+//! WINDOW_ADJUST giving back part of what was sent, arriving while no more than a quarter
+//! of the window was unacknowledged (an adjustment that enlarges the window is no such
+//! sign; the window counted from is then the larger one). A peer that waits until some
+//! amount is unacknowledged before it grants shows at least that amount at every grant
+//! (this end only ever sends more in between), so the limit is kept at twice the least
+//! seen at a grant, and at four packets at least (OpenSSH's client grants once three
+//! packets are unacknowledged). A peer that grants only when half its window is used
+//! (PuTTY, AsyncSSH, russh) never shows an early grant and gets the whole window. A peer
+//! that never answers the keepalive is never held back either.
 
 use std::time::Duration;
 
