@@ -1133,6 +1133,7 @@ impl Session {
         pending: PendingChannelOpen,
         result: Result<(), ChannelOpenFailure>,
     ) -> Result<(), Error> {
+        let opened = result.is_ok().then_some(pending.sender_channel);
         if let Some(ref mut enc) = self.common.encrypted {
             match result {
                 Ok(()) => {
@@ -1147,20 +1148,6 @@ impl Session {
                         .insert(pending.sender_channel, pending.channel_params);
                     self.channels
                         .insert(pending.sender_channel, pending.channel_ref);
-                    if self.common.config.send_ahead.is_some() {
-                        // sftpgate: time the round trip for the channel's SendAhead limit
-                        // (every client answers a global request that wants a reply).
-                        push_packet!(enc.write, {
-                            msg::GLOBAL_REQUEST.encode(&mut enc.write)?;
-                            "keepalive@openssh.com".encode(&mut enc.write)?;
-                            1u8.encode(&mut enc.write)?;
-                        });
-                        self.open_global_requests
-                            .push_back(GlobalRequestResponse::RoundTrip {
-                                channel: pending.sender_channel,
-                                sent: std::time::Instant::now(),
-                            });
-                    }
                 }
                 Err(reason) => {
                     push_packet!(enc.write, {
@@ -1172,6 +1159,14 @@ impl Session {
                     });
                 }
             }
+        }
+        if let Some(channel) = opened.filter(|_| self.common.config.send_ahead.is_some()) {
+            // sftpgate: time the round trip for the channel's SendAhead limit (every client
+            // answers a global request that wants a reply).
+            self.keepalive_expecting(GlobalRequestResponse::RoundTrip {
+                channel,
+                sent: std::time::Instant::now(),
+            })?;
         }
         Ok(())
     }
@@ -1295,25 +1290,20 @@ impl Session {
 
     /// Ping the client to verify there is still connectivity.
     pub fn keepalive_request(&mut self) -> Result<(), Error> {
-        let want_reply = u8::from(true);
-        if let Some(ref mut enc) = self.common.encrypted {
-            self.open_global_requests
-                .push_back(GlobalRequestResponse::Keepalive);
-            push_packet!(enc.write, {
-                msg::GLOBAL_REQUEST.encode(&mut enc.write)?;
-                "keepalive@openssh.com".encode(&mut enc.write)?;
-                want_reply.encode(&mut enc.write)?;
-            })
-        }
-        Ok(())
+        self.keepalive_expecting(GlobalRequestResponse::Keepalive)
     }
 
     /// Ping the client with a Keepalive and get a notification when the client responds.
     pub fn send_ping(&mut self, reply_channel: oneshot::Sender<()>) -> Result<(), Error> {
+        self.keepalive_expecting(GlobalRequestResponse::Ping(reply_channel))
+    }
+
+    /// A `keepalive@openssh.com` request wanting a reply, which `reply` handles (sftpgate:
+    /// shared by the keepalive, the ping and the SendAhead round trip).
+    fn keepalive_expecting(&mut self, reply: GlobalRequestResponse) -> Result<(), Error> {
         let want_reply = u8::from(true);
         if let Some(ref mut enc) = self.common.encrypted {
-            self.open_global_requests
-                .push_back(GlobalRequestResponse::Ping(reply_channel));
+            self.open_global_requests.push_back(reply);
             push_packet!(enc.write, {
                 msg::GLOBAL_REQUEST.encode(&mut enc.write)?;
                 "keepalive@openssh.com".encode(&mut enc.write)?;
